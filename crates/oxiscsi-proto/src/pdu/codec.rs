@@ -1,0 +1,249 @@
+//! Framing: where a PDU ends, digests, padding and peer-supplied length limits.
+//!
+//! RFC 7143 §11.2: BHS (48) + AHS (TotalAHSLength × 4) + HeaderDigest + data segment
+//! padded to 4 bytes + DataDigest. `Framer::decode` follows STYLE §6: `Ok(None)` means
+//! "need more bytes"; the DataSegmentLength is checked against our negotiated
+//! MaxRecvDataSegmentLength before a single byte of it is buffered or allocated.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{be32, Opcode, Pdu, RejectReason, BHS_LEN};
+use crate::digest::{crc32c, crc32c_append, Digest};
+
+/// Why bytes from the peer could not be turned into a PDU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "{opcode} (ITT {itt:#010x}) announces a {len}-byte data segment, over our \
+         MaxRecvDataSegmentLength of {limit} (RFC 7143 §13.12)"
+    )]
+    DataSegmentTooLong { opcode: Opcode, itt: u32, len: u32, limit: u32 },
+    #[error(
+        "header digest mismatch on a {opcode} PDU: received {received:#010x}, computed \
+         {computed:#010x} (RFC 7143 §7.8: the PDU is discarded and the connection dropped)"
+    )]
+    HeaderDigest { opcode: Opcode, received: u32, computed: u32 },
+    #[error(
+        "data digest mismatch on {opcode} (ITT {itt:#010x}): received {received:#010x}, \
+         computed {computed:#010x} (RFC 7143 §7.8)"
+    )]
+    DataDigest { opcode: Opcode, itt: u32, received: u32, computed: u32 },
+    #[error("unknown opcode {opcode:?} (ITT {itt:#010x}) (RFC 7143 §11.2.1.2)")]
+    UnknownOpcode { opcode: Opcode, itt: u32 },
+    #[error("malformed {opcode} PDU: {what} (RFC 7143 {rule})")]
+    Malformed { opcode: Opcode, what: &'static str, rule: &'static str },
+}
+
+impl DecodeError {
+    pub fn malformed(opcode: Opcode, what: &'static str, rule: &'static str) -> Self {
+        DecodeError::Malformed { opcode, what, rule }
+    }
+
+    /// The Reject reason a target answers this with (§11.17.1), or `None` where the only
+    /// answer is to drop the connection (the stream is out of sync).
+    pub fn reject_reason(&self) -> Option<RejectReason> {
+        match self {
+            DecodeError::DataSegmentTooLong { .. } | DecodeError::HeaderDigest { .. } => None,
+            DecodeError::DataDigest { .. } => Some(RejectReason::DATA_DIGEST_ERROR),
+            DecodeError::UnknownOpcode { .. } => Some(RejectReason::COMMAND_NOT_SUPPORTED),
+            DecodeError::Malformed { .. } => Some(RejectReason::PROTOCOL_ERROR),
+        }
+    }
+}
+
+/// A decode failure with what the receiver needs to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct FrameError {
+    pub error: DecodeError,
+    /// The offending BHS, for a Reject's data segment (§11.17).
+    pub bhs: Option<[u8; BHS_LEN]>,
+    /// True when the whole PDU was consumed and the stream is still in sync.
+    pub resynced: bool,
+}
+
+/// Framing parameters of one connection, in the receive direction.
+#[derive(Debug, Clone, Copy)]
+pub struct Framer {
+    pub header_digest: Digest,
+    pub data_digest: Digest,
+    /// Our MaxRecvDataSegmentLength: the largest data segment we accept (§13.12).
+    pub max_recv_data_segment: u32,
+}
+
+impl Default for Framer {
+    /// Login-phase framing: no digests, 8192-byte segments (§13.12: the default
+    /// MaxRecvDataSegmentLength, which applies during login).
+    fn default() -> Self {
+        Framer { header_digest: Digest::None, data_digest: Digest::None, max_recv_data_segment: 8192 }
+    }
+}
+
+fn pad4(n: usize) -> usize {
+    (4 - n % 4) % 4
+}
+
+impl Framer {
+    /// Look at the buffer: `Ok(Some(total))` when a whole PDU of `total` bytes is there,
+    /// `Ok(None)` when more bytes are needed.
+    pub fn check(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if buf.len() < BHS_LEN {
+            return Ok(None);
+        }
+        let opcode = Opcode(buf[0] & 0x3f);
+        let dsl = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]);
+        if dsl > self.max_recv_data_segment {
+            let mut bhs = [0u8; BHS_LEN];
+            bhs.copy_from_slice(&buf[..BHS_LEN]);
+            return Err(FrameError {
+                error: DecodeError::DataSegmentTooLong {
+                    opcode,
+                    itt: be32(buf, 16),
+                    len: dsl,
+                    limit: self.max_recv_data_segment,
+                },
+                bhs: Some(bhs),
+                resynced: false,
+            });
+        }
+        let total = self.frame_len(buf);
+        if buf.len() < total {
+            return Ok(None);
+        }
+        Ok(Some(total))
+    }
+
+    /// Take one PDU off the front of `buf`, or `Ok(None)` when it is not all there yet.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, FrameError> {
+        let total = match self.check(buf)? {
+            Some(t) => t,
+            None => {
+                // Reserve for the rest of a PDU whose length we have accepted, so large
+                // Data-In segments are read without repeated reallocation.
+                if buf.len() >= BHS_LEN {
+                    let t = self.frame_len(buf);
+                    buf.reserve(t.saturating_sub(buf.len()));
+                }
+                return Ok(None);
+            }
+        };
+        let frame = buf.split_to(total).freeze();
+        self.decode_frame(frame).map(Some)
+    }
+
+    /// Length of the frame whose BHS starts `buf` (at least 48 bytes long).
+    fn frame_len(&self, buf: &[u8]) -> usize {
+        let ahs_len = usize::from(buf[4]) * 4;
+        let dsl = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
+        let data_part = if dsl > 0 { dsl + pad4(dsl) + self.data_digest.len() } else { 0 };
+        BHS_LEN + ahs_len + self.header_digest.len() + data_part
+    }
+
+    /// Decode one complete frame (as measured by [`Framer::check`]).
+    pub fn decode_frame(&self, mut frame: Bytes) -> Result<Pdu, FrameError> {
+        let mut bhs = [0u8; BHS_LEN];
+        bhs.copy_from_slice(&frame[..BHS_LEN]);
+        let opcode = Opcode(bhs[0] & 0x3f);
+        let itt = be32(&bhs, 16);
+        let ahs_len = usize::from(bhs[4]) * 4;
+        let dsl = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
+        let header = frame.split_to(BHS_LEN + ahs_len);
+        if self.header_digest == Digest::Crc32c {
+            let received = frame.get_u32_le();
+            let computed = crc32c(&header);
+            if received != computed {
+                return Err(FrameError {
+                    error: DecodeError::HeaderDigest { opcode, received, computed },
+                    bhs: None,
+                    resynced: false,
+                });
+            }
+        }
+        let data = if dsl > 0 {
+            let padded = dsl + pad4(dsl);
+            let with_pad = frame.split_to(padded);
+            if self.data_digest == Digest::Crc32c {
+                let received = frame.get_u32_le();
+                let computed = crc32c(&with_pad);
+                if received != computed {
+                    return Err(FrameError {
+                        error: DecodeError::DataDigest { opcode, itt, received, computed },
+                        bhs: Some(bhs),
+                        resynced: true,
+                    });
+                }
+            }
+            with_pad.slice(..dsl)
+        } else {
+            Bytes::new()
+        };
+        Pdu::decode(&bhs, &header[BHS_LEN..], data).map_err(|error| FrameError {
+            error,
+            bhs: Some(bhs),
+            resynced: true,
+        })
+    }
+
+    /// Encode a PDU for sending with the given (transmit-direction) digests.
+    pub fn encode(pdu: &Pdu, header_digest: Digest, data_digest: Digest) -> EncodedPdu {
+        let mut bhs = [0u8; BHS_LEN];
+        let ahs = pdu.encode_bhs(&mut bhs);
+        let mut head = BytesMut::with_capacity(BHS_LEN + ahs.len() + 4);
+        head.extend_from_slice(&bhs);
+        head.extend_from_slice(&ahs);
+        if header_digest == Digest::Crc32c {
+            let crc = crc32c(&head);
+            head.extend_from_slice(&crc.to_le_bytes());
+        }
+        let data = pdu.data();
+        let mut tail = [0u8; 8];
+        let mut tail_len = 0;
+        if !data.is_empty() {
+            let pad = pad4(data.len());
+            tail_len = pad;
+            if data_digest == Digest::Crc32c {
+                let crc = crc32c_append(crc32c(&data), &[0u8; 3][..pad]);
+                tail[pad..pad + 4].copy_from_slice(&crc.to_le_bytes());
+                tail_len += 4;
+            }
+        }
+        EncodedPdu { head: head.freeze(), data, tail, tail_len }
+    }
+}
+
+/// A PDU ready for the socket: header bytes, the payload (shared, not copied), and
+/// padding plus data digest. Suited to vectored writes.
+#[derive(Debug, Clone)]
+pub struct EncodedPdu {
+    pub head: Bytes,
+    pub data: Bytes,
+    tail: [u8; 8],
+    tail_len: usize,
+}
+
+impl EncodedPdu {
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..self.tail_len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.data.len() + self.tail_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The non-empty byte chunks in wire order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        [&self.head[..], &self.data[..], self.tail()].into_iter().filter(|c| !c.is_empty())
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        for c in self.chunks() {
+            v.extend_from_slice(c);
+        }
+        v
+    }
+}
