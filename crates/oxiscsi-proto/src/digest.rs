@@ -23,7 +23,7 @@ pub enum Digest {
 
 impl Digest {
     /// Bytes this digest adds on the wire.
-    pub fn len(self) -> usize {
+    pub fn wire_len(self) -> usize {
         match self {
             Digest::None => 0,
             Digest::Crc32c => 4,

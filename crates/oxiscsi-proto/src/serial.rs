@@ -37,14 +37,14 @@ impl SerialNumber {
 
     /// Serial addition (RFC 1982 §3.1); `n` must be below 2^31 to stay meaningful.
     #[must_use]
-    pub fn add(self, n: u32) -> SerialNumber {
+    pub fn plus(self, n: u32) -> SerialNumber {
         SerialNumber(self.0.wrapping_add(n))
     }
 
     /// The next number.
     #[must_use]
     pub fn next(self) -> SerialNumber {
-        self.add(1)
+        self.plus(1)
     }
 
     /// How far `self` is ahead of `base` (`self - base`, wrapping). Only meaningful when
@@ -100,7 +100,7 @@ mod tests {
         #[test]
         fn add_is_greater(base in any::<u32>(), n in 1u32..HALF) {
             let a = SerialNumber(base);
-            let b = a.add(n);
+            let b = a.plus(n);
             prop_assert!(a.lt(b));
             prop_assert!(b.gt(a));
             prop_assert!(!b.lt(a));

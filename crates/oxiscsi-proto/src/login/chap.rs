@@ -28,8 +28,12 @@ code_space! {
 }
 
 impl ChapAlgorithm {
-    pub const ALL: [ChapAlgorithm; 4] =
-        [ChapAlgorithm::MD5, ChapAlgorithm::SHA1, ChapAlgorithm::SHA256, ChapAlgorithm::SHA3_256];
+    pub const ALL: [ChapAlgorithm; 4] = [
+        ChapAlgorithm::MD5,
+        ChapAlgorithm::SHA1,
+        ChapAlgorithm::SHA256,
+        ChapAlgorithm::SHA3_256,
+    ];
 
     pub fn is_supported(self) -> bool {
         (5..=8).contains(&self.0)
@@ -112,7 +116,11 @@ pub fn decode_binary(s: &str) -> Result<Vec<u8>, ChapError> {
             return Err(ChapError::TooLong(h.len() / 2));
         }
         // An odd number of digits is read with an implied leading zero.
-        let padded = if h.len() % 2 == 1 { format!("0{h}") } else { h.to_string() };
+        let padded = if h.len() % 2 == 1 {
+            format!("0{h}")
+        } else {
+            h.to_string()
+        };
         let mut v = Vec::with_capacity(padded.len() / 2);
         for pair in padded.as_bytes().chunks(2) {
             let txt = std::str::from_utf8(pair).map_err(|_| bad())?;
@@ -123,7 +131,9 @@ pub fn decode_binary(s: &str) -> Result<Vec<u8>, ChapError> {
         if b.len() > MAX_BINARY_LEN * 2 {
             return Err(ChapError::TooLong(b.len() * 3 / 4));
         }
-        base64::engine::general_purpose::STANDARD.decode(b).map_err(|_| bad())?
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| bad())?
     } else {
         return Err(bad());
     };
@@ -145,7 +155,10 @@ pub struct ChapCredentials {
 
 impl std::fmt::Debug for ChapCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChapCredentials").field("user", &self.user).field("secret", &"********").finish()
+        f.debug_struct("ChapCredentials")
+            .field("user", &self.user)
+            .field("secret", &"********")
+            .finish()
     }
 }
 
@@ -161,8 +174,12 @@ pub struct ChapConfig {
 impl ChapConfig {
     /// Default algorithm order: MD5 first. tgtd reads CHAP_A=7 as SHA-1 although IANA
     /// assigns 7 to SHA-256, so offering 7 first fails against it (PEERS.md).
-    pub const DEFAULT_ALGORITHMS: [ChapAlgorithm; 4] =
-        [ChapAlgorithm::MD5, ChapAlgorithm::SHA1, ChapAlgorithm::SHA256, ChapAlgorithm::SHA3_256];
+    pub const DEFAULT_ALGORITHMS: [ChapAlgorithm; 4] = [
+        ChapAlgorithm::MD5,
+        ChapAlgorithm::SHA1,
+        ChapAlgorithm::SHA256,
+        ChapAlgorithm::SHA3_256,
+    ];
 
     /// Check the configuration; returns warnings a person should see.
     pub fn validate(&self) -> Result<Vec<String>, ChapError> {
@@ -212,8 +229,14 @@ mod tests {
         // Independently computed with Python's hashlib over 0x2a ‖ "secretsecret1" ‖ 00..0f.
         let ch: Vec<u8> = (0u8..16).collect();
         let s = b"secretsecret1";
-        assert_eq!(ChapAlgorithm::MD5.response(0x2a, s, &ch), hex!("ec81cd0a4bf810bfcb485d7600dadf3f"));
-        assert_eq!(ChapAlgorithm::SHA1.response(0x2a, s, &ch), hex!("563873f1f0717e003b971f5171b459719226e931"));
+        assert_eq!(
+            ChapAlgorithm::MD5.response(0x2a, s, &ch),
+            hex!("ec81cd0a4bf810bfcb485d7600dadf3f")
+        );
+        assert_eq!(
+            ChapAlgorithm::SHA1.response(0x2a, s, &ch),
+            hex!("563873f1f0717e003b971f5171b459719226e931")
+        );
         assert_eq!(
             ChapAlgorithm::SHA256.response(0x2a, s, &ch),
             hex!("55954403e439449807f74596471a25e2b31edd9f17019f69bd8753307f7a8f04")
@@ -234,12 +257,18 @@ mod tests {
         assert!(decode_binary("0xzz").is_err());
         assert!(decode_binary("0b!!").is_err());
         assert_eq!(decode_binary("0x"), Err(ChapError::Empty));
-        assert!(matches!(decode_binary(&format!("0x{}", "00".repeat(1025))), Err(ChapError::TooLong(_))));
+        assert!(matches!(
+            decode_binary(&format!("0x{}", "00".repeat(1025))),
+            Err(ChapError::TooLong(_))
+        ));
     }
 
     #[test]
     fn config_rules() {
-        let c = |u: &str, s: &str| ChapCredentials { user: u.into(), secret: s.as_bytes().to_vec() };
+        let c = |u: &str, s: &str| ChapCredentials {
+            user: u.into(),
+            secret: s.as_bytes().to_vec(),
+        };
         let mut cfg = ChapConfig {
             initiator: c("u", "short"),
             target: None,

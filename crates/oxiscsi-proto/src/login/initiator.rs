@@ -66,7 +66,11 @@ impl LoginConfig {
     }
 
     /// Keys a Discovery session offers.
-    pub fn discovery_operational(mrdsl: u32, header: &str, data: &str) -> Vec<(&'static str, String)> {
+    pub fn discovery_operational(
+        mrdsl: u32,
+        header: &str,
+        data: &str,
+    ) -> Vec<(&'static str, String)> {
         vec![
             ("HeaderDigest", header.into()),
             ("DataDigest", data.into()),
@@ -151,7 +155,10 @@ pub struct InitiatorLogin {
 
 impl std::fmt::Debug for InitiatorLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InitiatorLogin").field("state", &self.state).field("stage", &self.stage).finish()
+        f.debug_struct("InitiatorLogin")
+            .field("state", &self.state)
+            .field("stage", &self.stage)
+            .finish()
     }
 }
 
@@ -174,13 +181,19 @@ const OPERATIONAL_ORDER: &[&str] = &[
 
 impl InitiatorLogin {
     /// Start a login; the first request is ready to poll. `rng` makes CHAP challenges.
-    pub fn new(cfg: LoginConfig, now: Instant, rng: Box<dyn RngCore + Send>) -> Result<Self, LoginError> {
+    pub fn new(
+        cfg: LoginConfig,
+        now: Instant,
+        rng: Box<dyn RngCore + Send>,
+    ) -> Result<Self, LoginError> {
         let warnings = match &cfg.chap {
             Some(c) => c.validate()?,
             None => Vec::new(),
         };
         if cfg.session_type == SessionType::Normal && cfg.target_name.is_none() {
-            return Err(LoginError::Protocol("a Normal session needs a TargetName (RFC 7143 §13.4)".into()));
+            return Err(LoginError::Protocol(
+                "a Normal session needs a TargetName (RFC 7143 §13.4)".into(),
+            ));
         }
         let discovery = cfg.session_type == SessionType::Discovery;
         let negotiator = Negotiator::new(Role::Initiator, discovery, &cfg.operational);
@@ -202,7 +215,8 @@ impl InitiatorLogin {
             rng,
             warnings,
         };
-        let mut keys: Vec<(String, String)> = vec![("InitiatorName".into(), login.cfg.initiator_name.clone())];
+        let mut keys: Vec<(String, String)> =
+            vec![("InitiatorName".into(), login.cfg.initiator_name.clone())];
         if let Some(a) = &login.cfg.initiator_alias {
             keys.push(("InitiatorAlias".into(), a.clone()));
         }
@@ -211,7 +225,11 @@ impl InitiatorLogin {
         if let Some(t) = &login.cfg.target_name {
             keys.push(("TargetName".into(), t.clone()));
         }
-        let method = if login.cfg.chap.is_some() { "CHAP" } else { "None" };
+        let method = if login.cfg.chap.is_some() {
+            "CHAP"
+        } else {
+            "None"
+        };
         keys.push(("AuthMethod".into(), method.into()));
         // With AuthMethod=None we ask to move on at once; with CHAP the target cannot
         // let us transit before the exchange (§6.2 / §12).
@@ -288,11 +306,15 @@ impl InitiatorLogin {
     /// Feed a Login Response.
     pub fn handle_response(&mut self, rsp: LoginResponse) -> Result<LoginStep, LoginError> {
         if matches!(self.state, State::Done | State::Failed) {
-            return Err(self.protocol("sent a Login Response after the login ended (RFC 7143 §6)".into()));
+            return Err(
+                self.protocol("sent a Login Response after the login ended (RFC 7143 §6)".into())
+            );
         }
         self.rounds += 1;
         if self.rounds > MAX_ROUNDS {
-            return Err(self.protocol(format!("kept the login going for over {MAX_ROUNDS} round trips")));
+            return Err(self.protocol(format!(
+                "kept the login going for over {MAX_ROUNDS} round trips"
+            )));
         }
         if rsp.itt != self.cfg.itt {
             return Err(self.protocol(format!(
@@ -325,7 +347,9 @@ impl InitiatorLogin {
             )));
         }
         if rsp.isid != self.cfg.isid {
-            return Err(self.protocol("Login Response ISID differs from ours (RFC 7143 §11.13)".into()));
+            return Err(
+                self.protocol("Login Response ISID differs from ours (RFC 7143 §11.13)".into())
+            );
         }
         if rsp.csg != self.stage {
             return Err(self.protocol(format!(
@@ -362,8 +386,15 @@ impl InitiatorLogin {
         }
     }
 
-    fn on_auth_method(&mut self, rsp: &LoginResponse, pairs: &[(String, String)]) -> Result<LoginStep, LoginError> {
-        let method = pairs.iter().find(|(k, _)| k == "AuthMethod").map(|(_, v)| v.as_str());
+    fn on_auth_method(
+        &mut self,
+        rsp: &LoginResponse,
+        pairs: &[(String, String)],
+    ) -> Result<LoginStep, LoginError> {
+        let method = pairs
+            .iter()
+            .find(|(k, _)| k == "AuthMethod")
+            .map(|(_, v)| v.as_str());
         let want_chap = self.cfg.chap.is_some();
         match method {
             Some("CHAP") if want_chap => {
@@ -402,19 +433,32 @@ impl InitiatorLogin {
         let Some(chap) = self.cfg.chap.clone() else {
             return Err(self.protocol("CHAP state without CHAP configuration".into()));
         };
-        let a = get("CHAP_A").ok_or_else(|| self.protocol("CHAP challenge without CHAP_A (RFC 7143 §12.1.3)".into()))?;
+        let a = get("CHAP_A").ok_or_else(|| {
+            self.protocol("CHAP challenge without CHAP_A (RFC 7143 §12.1.3)".into())
+        })?;
         let alg = parse_number(&a)
             .and_then(|n| u8::try_from(n).ok())
             .map(ChapAlgorithm)
             .filter(|alg| chap.algorithms.contains(alg));
         let Some(alg) = alg else {
-            return Err(self.auth_fail(format!("the target chose CHAP_A={a}, which we did not offer ({})", chap.offer())));
+            return Err(self.auth_fail(format!(
+                "the target chose CHAP_A={a}, which we did not offer ({})",
+                chap.offer()
+            )));
         };
-        let i = get("CHAP_I").ok_or_else(|| self.protocol("CHAP challenge without CHAP_I (RFC 7143 §12.1.3)".into()))?;
-        let id = parse_number(&i).and_then(|n| u8::try_from(n).ok()).ok_or_else(|| {
-            self.protocol(format!("CHAP_I={i} is not a number from 0 to 255 (RFC 7143 §12.1.3)"))
+        let i = get("CHAP_I").ok_or_else(|| {
+            self.protocol("CHAP challenge without CHAP_I (RFC 7143 §12.1.3)".into())
         })?;
-        let c = get("CHAP_C").ok_or_else(|| self.protocol("CHAP challenge without CHAP_C (RFC 7143 §12.1.3)".into()))?;
+        let id = parse_number(&i)
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| {
+                self.protocol(format!(
+                    "CHAP_I={i} is not a number from 0 to 255 (RFC 7143 §12.1.3)"
+                ))
+            })?;
+        let c = get("CHAP_C").ok_or_else(|| {
+            self.protocol("CHAP challenge without CHAP_C (RFC 7143 §12.1.3)".into())
+        })?;
         let challenge = decode_binary(&c).map_err(|e| {
             self.state = State::Failed;
             LoginError::Chap(e)
@@ -446,7 +490,11 @@ impl InitiatorLogin {
         Ok(LoginStep::Continue)
     }
 
-    fn on_chap_result(&mut self, rsp: &LoginResponse, pairs: &[(String, String)]) -> Result<LoginStep, LoginError> {
+    fn on_chap_result(
+        &mut self,
+        rsp: &LoginResponse,
+        pairs: &[(String, String)],
+    ) -> Result<LoginStep, LoginError> {
         let chap = self.cfg.chap.clone();
         if let (Some(chap), Some((id, ours))) = (chap, self.our_challenge.clone()) {
             let Some(target) = chap.target.as_ref() else {
@@ -480,14 +528,25 @@ impl InitiatorLogin {
             self.mutual_ok = true;
         }
         self.state = State::SecurityTransit;
-        let rest: Vec<(String, String)> = pairs.iter().filter(|(k, _)| !is_chap_key(k)).cloned().collect();
+        let rest: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| !is_chap_key(k))
+            .cloned()
+            .collect();
         self.on_security_transit(rsp, &rest)
     }
 
-    fn on_security_transit(&mut self, rsp: &LoginResponse, pairs: &[(String, String)]) -> Result<LoginStep, LoginError> {
+    fn on_security_transit(
+        &mut self,
+        rsp: &LoginResponse,
+        pairs: &[(String, String)],
+    ) -> Result<LoginStep, LoginError> {
         // Keys a target may declare in the security stage (TargetAlias, TPGT).
-        let rest: Vec<(String, String)> =
-            pairs.iter().filter(|(k, _)| !is_chap_key(k) && k != "AuthMethod").cloned().collect();
+        let rest: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| !is_chap_key(k) && k != "AuthMethod")
+            .cloned()
+            .collect();
         self.negotiator.handle(&rest)?;
         if !rsp.transit {
             // The target wants another round in the security stage; ask to move on.
@@ -505,11 +564,18 @@ impl InitiatorLogin {
             }
             // §6.3: skipping the operational stage is allowed when defaults suffice.
             Stage::FullFeature => self.complete(rsp),
-            Stage::Security => Err(self.protocol("transit to the security stage from itself (RFC 7143 §6.3)".into())),
+            Stage::Security => {
+                Err(self
+                    .protocol("transit to the security stage from itself (RFC 7143 §6.3)".into()))
+            }
         }
     }
 
-    fn on_operational(&mut self, rsp: &LoginResponse, pairs: &[(String, String)]) -> Result<LoginStep, LoginError> {
+    fn on_operational(
+        &mut self,
+        rsp: &LoginResponse,
+        pairs: &[(String, String)],
+    ) -> Result<LoginStep, LoginError> {
         let replies = self.negotiator.handle(pairs)?;
         if rsp.transit {
             if rsp.nsg != Stage::FullFeature {

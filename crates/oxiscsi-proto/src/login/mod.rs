@@ -49,7 +49,8 @@ impl LoginError {
     pub fn is_auth(&self) -> bool {
         match self {
             LoginError::Status { status } => {
-                *status == LoginStatus::AUTHENTICATION_FAILURE || *status == LoginStatus::AUTHORIZATION_FAILURE
+                *status == LoginStatus::AUTHENTICATION_FAILURE
+                    || *status == LoginStatus::AUTHORIZATION_FAILURE
             }
             LoginError::Auth(_) | LoginError::Chap(_) => true,
             _ => false,

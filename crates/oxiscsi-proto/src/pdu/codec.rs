@@ -17,21 +17,39 @@ pub enum DecodeError {
         "{opcode} (ITT {itt:#010x}) announces a {len}-byte data segment, over our \
          MaxRecvDataSegmentLength of {limit} (RFC 7143 §13.12)"
     )]
-    DataSegmentTooLong { opcode: Opcode, itt: u32, len: u32, limit: u32 },
+    DataSegmentTooLong {
+        opcode: Opcode,
+        itt: u32,
+        len: u32,
+        limit: u32,
+    },
     #[error(
         "header digest mismatch on a {opcode} PDU: received {received:#010x}, computed \
          {computed:#010x} (RFC 7143 §7.8: the PDU is discarded and the connection dropped)"
     )]
-    HeaderDigest { opcode: Opcode, received: u32, computed: u32 },
+    HeaderDigest {
+        opcode: Opcode,
+        received: u32,
+        computed: u32,
+    },
     #[error(
         "data digest mismatch on {opcode} (ITT {itt:#010x}): received {received:#010x}, \
          computed {computed:#010x} (RFC 7143 §7.8)"
     )]
-    DataDigest { opcode: Opcode, itt: u32, received: u32, computed: u32 },
+    DataDigest {
+        opcode: Opcode,
+        itt: u32,
+        received: u32,
+        computed: u32,
+    },
     #[error("unknown opcode {opcode:?} (ITT {itt:#010x}) (RFC 7143 §11.2.1.2)")]
     UnknownOpcode { opcode: Opcode, itt: u32 },
     #[error("malformed {opcode} PDU: {what} (RFC 7143 {rule})")]
-    Malformed { opcode: Opcode, what: &'static str, rule: &'static str },
+    Malformed {
+        opcode: Opcode,
+        what: &'static str,
+        rule: &'static str,
+    },
 }
 
 impl DecodeError {
@@ -75,7 +93,11 @@ impl Default for Framer {
     /// Login-phase framing: no digests, 8192-byte segments (§13.12: the default
     /// MaxRecvDataSegmentLength, which applies during login).
     fn default() -> Self {
-        Framer { header_digest: Digest::None, data_digest: Digest::None, max_recv_data_segment: 8192 }
+        Framer {
+            header_digest: Digest::None,
+            data_digest: Digest::None,
+            max_recv_data_segment: 8192,
+        }
     }
 }
 
@@ -135,8 +157,12 @@ impl Framer {
     fn frame_len(&self, buf: &[u8]) -> usize {
         let ahs_len = usize::from(buf[4]) * 4;
         let dsl = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
-        let data_part = if dsl > 0 { dsl + pad4(dsl) + self.data_digest.len() } else { 0 };
-        BHS_LEN + ahs_len + self.header_digest.len() + data_part
+        let data_part = if dsl > 0 {
+            dsl + pad4(dsl) + self.data_digest.wire_len()
+        } else {
+            0
+        };
+        BHS_LEN + ahs_len + self.header_digest.wire_len() + data_part
     }
 
     /// Decode one complete frame (as measured by [`Framer::check`]).
@@ -153,7 +179,11 @@ impl Framer {
             let computed = crc32c(&header);
             if received != computed {
                 return Err(FrameError {
-                    error: DecodeError::HeaderDigest { opcode, received, computed },
+                    error: DecodeError::HeaderDigest {
+                        opcode,
+                        received,
+                        computed,
+                    },
                     bhs: None,
                     resynced: false,
                 });
@@ -167,7 +197,12 @@ impl Framer {
                 let computed = crc32c(&with_pad);
                 if received != computed {
                     return Err(FrameError {
-                        error: DecodeError::DataDigest { opcode, itt, received, computed },
+                        error: DecodeError::DataDigest {
+                            opcode,
+                            itt,
+                            received,
+                            computed,
+                        },
                         bhs: Some(bhs),
                         resynced: true,
                     });
@@ -207,7 +242,12 @@ impl Framer {
                 tail_len += 4;
             }
         }
-        EncodedPdu { head: head.freeze(), data, tail, tail_len }
+        EncodedPdu {
+            head: head.freeze(),
+            data,
+            tail,
+            tail_len,
+        }
     }
 }
 
@@ -236,7 +276,9 @@ impl EncodedPdu {
 
     /// The non-empty byte chunks in wire order.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
-        [&self.head[..], &self.data[..], self.tail()].into_iter().filter(|c| !c.is_empty())
+        [&self.head[..], &self.data[..], self.tail()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
     }
 
     pub fn to_vec(&self) -> Vec<u8> {

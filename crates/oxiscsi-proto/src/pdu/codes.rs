@@ -257,6 +257,9 @@ mod tests {
             LoginStatus::AUTHENTICATION_FAILURE.to_string(),
             "authentication failure (0x0201)"
         );
-        assert_eq!(LoginStatus::NOT_FOUND.to_string(), "target not found (0x0203)");
+        assert_eq!(
+            LoginStatus::NOT_FOUND.to_string(),
+            "target not found (0x0203)"
+        );
     }
 }

@@ -94,7 +94,11 @@ impl DataIn {
             ));
         }
         if d.overflow && d.underflow {
-            return Err(DecodeError::malformed(Opcode::DATA_IN, "both O and U bits set", "§11.7.5"));
+            return Err(DecodeError::malformed(
+                Opcode::DATA_IN,
+                "both O and U bits set",
+                "§11.7.5",
+            ));
         }
         Ok(d)
     }
@@ -104,7 +108,11 @@ impl DataIn {
             | u8::from(self.overflow) << 2
             | u8::from(self.underflow) << 1
             | u8::from(self.status_present);
-        b[3] = if self.status_present { self.status.0 } else { 0 };
+        b[3] = if self.status_present {
+            self.status.0
+        } else {
+            0
+        };
         put64(b, 8, self.lun.0);
         put32(b, 16, self.itt);
         put32(b, 20, self.ttt);
@@ -146,11 +154,19 @@ impl R2t {
         };
         // §11.8.4: "The Desired Data Transfer Length MUST NOT be 0".
         if r.desired_data_transfer_length == 0 {
-            return Err(DecodeError::malformed(Opcode::R2T, "Desired Data Transfer Length is 0", "§11.8.4"));
+            return Err(DecodeError::malformed(
+                Opcode::R2T,
+                "Desired Data Transfer Length is 0",
+                "§11.8.4",
+            ));
         }
         // §11.8.3: the target assigns a TTT "other than 0xffffffff".
         if r.ttt == super::RESERVED_TAG {
-            return Err(DecodeError::malformed(Opcode::R2T, "Target Transfer Tag is the reserved 0xffffffff", "§11.8.3"));
+            return Err(DecodeError::malformed(
+                Opcode::R2T,
+                "Target Transfer Tag is the reserved 0xffffffff",
+                "§11.8.3",
+            ));
         }
         Ok(r)
     }

@@ -77,7 +77,11 @@ fn stages(b: &[u8; 48], op: Opcode) -> Result<(bool, bool, Stage, Stage), Decode
     let cont = b[1] & 0x40 != 0;
     // §11.12.2: "If the T bit is set to 1, the C bit must be set to 0."
     if transit && cont {
-        return Err(DecodeError::malformed(op, "both the T (transit) and C (continue) bits are set", "§11.12.2"));
+        return Err(DecodeError::malformed(
+            op,
+            "both the T (transit) and C (continue) bits are set",
+            "§11.12.2",
+        ));
     }
     let csg = Stage::from_bits((b[1] >> 2) & 3, op, "reserved value 2 in CSG")?;
     let nsg = if transit {

@@ -115,15 +115,27 @@ pub fn parse_ahs(op: Opcode, mut area: &[u8]) -> Result<Vec<Ahs<'_>>, DecodeErro
     let mut out = Vec::new();
     while !area.is_empty() {
         if area.len() < 4 {
-            return Err(DecodeError::malformed(op, "truncated AHS header", "§11.2.2"));
+            return Err(DecodeError::malformed(
+                op,
+                "truncated AHS header",
+                "§11.2.2",
+            ));
         }
         let length = be16(area, 0);
         let ahs_type = area[2];
         let total = (3 + usize::from(length)).div_ceil(4) * 4;
         if total > area.len() {
-            return Err(DecodeError::malformed(op, "AHSLength runs past TotalAHSLength", "§11.2.1.4"));
+            return Err(DecodeError::malformed(
+                op,
+                "AHSLength runs past TotalAHSLength",
+                "§11.2.1.4",
+            ));
         }
-        out.push(Ahs { length, ahs_type, value: &area[3..total] });
+        out.push(Ahs {
+            length,
+            ahs_type,
+            value: &area[3..total],
+        });
         area = &area[total..];
     }
     Ok(out)
@@ -237,13 +249,21 @@ impl Pdu {
         let ahs = parse_ahs(op, ahs_area)?;
         if !ahs.is_empty() && op != Opcode::SCSI_COMMAND {
             // §11.2.1.4: only the SCSI Command defines AHS types today.
-            return Err(DecodeError::malformed(op, "AHS present on a PDU that defines none", "§11.2.2"));
+            return Err(DecodeError::malformed(
+                op,
+                "AHS present on a PDU that defines none",
+                "§11.2.2",
+            ));
         }
         let no_data = |d: &Bytes| -> Result<(), DecodeError> {
             if d.is_empty() {
                 Ok(())
             } else {
-                Err(DecodeError::malformed(op, "data segment on a PDU that carries none", "§11.2.1.5"))
+                Err(DecodeError::malformed(
+                    op,
+                    "data segment on a PDU that carries none",
+                    "§11.2.1.5",
+                ))
             }
         };
         Ok(match op {
@@ -283,7 +303,12 @@ impl Pdu {
             }
             Opcode::ASYNC_MESSAGE => Pdu::AsyncMessage(AsyncMessage::decode(bhs, data)?),
             Opcode::REJECT => Pdu::Reject(Reject::decode(bhs, data)?),
-            other => return Err(DecodeError::UnknownOpcode { opcode: other, itt: be32(bhs, 16) }),
+            other => {
+                return Err(DecodeError::UnknownOpcode {
+                    opcode: other,
+                    itt: be32(bhs, 16),
+                })
+            }
         })
     }
 

@@ -72,10 +72,18 @@ impl ScsiCommand {
                 // then the bytes beyond the first 16.
                 1 => {
                     if a.value.is_empty() {
-                        return Err(DecodeError::malformed(Opcode::SCSI_COMMAND, "empty Extended CDB AHS", "§11.3.5"));
+                        return Err(DecodeError::malformed(
+                            Opcode::SCSI_COMMAND,
+                            "empty Extended CDB AHS",
+                            "§11.3.5",
+                        ));
                     }
                     let extra = a.length.checked_sub(1).ok_or_else(|| {
-                        DecodeError::malformed(Opcode::SCSI_COMMAND, "Extended CDB AHS too short", "§11.3.5")
+                        DecodeError::malformed(
+                            Opcode::SCSI_COMMAND,
+                            "Extended CDB AHS too short",
+                            "§11.3.5",
+                        )
                     })?;
                     cdb.extend_from_slice(&a.value[1..1 + usize::from(extra)]);
                 }
@@ -91,7 +99,11 @@ impl ScsiCommand {
                     bidi_read_length = Some(be32(a.value, 1));
                 }
                 _ => {
-                    return Err(DecodeError::malformed(Opcode::SCSI_COMMAND, "unknown AHS type", "§11.2.2"));
+                    return Err(DecodeError::malformed(
+                        Opcode::SCSI_COMMAND,
+                        "unknown AHS type",
+                        "§11.2.2",
+                    ));
                 }
             }
         }
@@ -245,11 +257,19 @@ pub(super) fn split_sense(data: &Bytes, op: Opcode) -> Result<Bytes, DecodeError
         return Ok(Bytes::new());
     }
     if data.len() < 2 {
-        return Err(DecodeError::malformed(op, "data segment shorter than its SenseLength field", "§11.4.7.1"));
+        return Err(DecodeError::malformed(
+            op,
+            "data segment shorter than its SenseLength field",
+            "§11.4.7.1",
+        ));
     }
     let len = usize::from(u16::from_be_bytes([data[0], data[1]]));
     if 2 + len > data.len() {
-        return Err(DecodeError::malformed(op, "SenseLength exceeds the data segment", "§11.4.7.1"));
+        return Err(DecodeError::malformed(
+            op,
+            "SenseLength exceeds the data segment",
+            "§11.4.7.1",
+        ));
     }
     Ok(data.slice(2..2 + len))
 }

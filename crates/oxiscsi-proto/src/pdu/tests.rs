@@ -17,7 +17,11 @@ fn data(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
 fn stage() -> impl Strategy<Value = Stage> {
-    prop_oneof![Just(Stage::Security), Just(Stage::Operational), Just(Stage::FullFeature)]
+    prop_oneof![
+        Just(Stage::Security),
+        Just(Stage::Operational),
+        Just(Stage::FullFeature)
+    ]
 }
 fn attr() -> impl Strategy<Value = TaskAttr> {
     prop_oneof![
@@ -74,100 +78,367 @@ prop_compose! {
 }
 
 fn login_request() -> impl Strategy<Value = Pdu> {
-    ((any::<bool>(), any::<bool>(), stage(), stage(), any::<u8>(), any::<u8>()), (any::<[u8; 6]>(),
-        any::<u16>(), any::<u32>(), any::<u16>(), sn(), sn(), data(300)))
-        .prop_map(|((t, c, csg, nsg, vmax, vmin), (isid, tsih, itt, cid, cmd_sn, exp, data))| {
-            let c = c && !t;
-            let nsg = if t { nsg } else { csg };
-            Pdu::LoginRequest(LoginRequest { transit: t, continue_: c, csg, nsg, version_max: vmax,
-                version_min: vmin, isid: Isid(isid), tsih, itt, cid, cmd_sn, exp_stat_sn: exp, data })
-        })
+    (
+        (
+            any::<bool>(),
+            any::<bool>(),
+            stage(),
+            stage(),
+            any::<u8>(),
+            any::<u8>(),
+        ),
+        (
+            any::<[u8; 6]>(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<u16>(),
+            sn(),
+            sn(),
+            data(300),
+        ),
+    )
+        .prop_map(
+            |((t, c, csg, nsg, vmax, vmin), (isid, tsih, itt, cid, cmd_sn, exp, data))| {
+                let c = c && !t;
+                let nsg = if t { nsg } else { csg };
+                Pdu::LoginRequest(LoginRequest {
+                    transit: t,
+                    continue_: c,
+                    csg,
+                    nsg,
+                    version_max: vmax,
+                    version_min: vmin,
+                    isid: Isid(isid),
+                    tsih,
+                    itt,
+                    cid,
+                    cmd_sn,
+                    exp_stat_sn: exp,
+                    data,
+                })
+            },
+        )
 }
 
 fn login_response() -> impl Strategy<Value = Pdu> {
-    ((any::<bool>(), any::<bool>(), stage(), stage(), any::<u8>(), any::<u8>()), (any::<[u8; 6]>(),
-        any::<u16>(), any::<u32>(), sn(), sn(), sn(), any::<(u8, u8)>(), data(300)))
-        .prop_map(|((t, c, csg, nsg, vmax, vact), (isid, tsih, itt, stat_sn, exp, max, st, data))| {
-            let c = c && !t;
-            let nsg = if t { nsg } else { csg };
-            Pdu::LoginResponse(LoginResponse { transit: t, continue_: c, csg, nsg,
-                version_max: vmax, version_active: vact, isid: Isid(isid), tsih, itt, stat_sn,
-                exp_cmd_sn: exp, max_cmd_sn: max, status: LoginStatus::new(st.0, st.1), data })
-        })
+    (
+        (
+            any::<bool>(),
+            any::<bool>(),
+            stage(),
+            stage(),
+            any::<u8>(),
+            any::<u8>(),
+        ),
+        (
+            any::<[u8; 6]>(),
+            any::<u16>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            sn(),
+            any::<(u8, u8)>(),
+            data(300),
+        ),
+    )
+        .prop_map(
+            |((t, c, csg, nsg, vmax, vact), (isid, tsih, itt, stat_sn, exp, max, st, data))| {
+                let c = c && !t;
+                let nsg = if t { nsg } else { csg };
+                Pdu::LoginResponse(LoginResponse {
+                    transit: t,
+                    continue_: c,
+                    csg,
+                    nsg,
+                    version_max: vmax,
+                    version_active: vact,
+                    isid: Isid(isid),
+                    tsih,
+                    itt,
+                    stat_sn,
+                    exp_cmd_sn: exp,
+                    max_cmd_sn: max,
+                    status: LoginStatus::new(st.0, st.1),
+                    data,
+                })
+            },
+        )
 }
 
 fn any_pdu() -> impl Strategy<Value = Pdu> {
     prop_oneof![
-        (any::<bool>(), lun(), any::<u32>(), any::<u32>(), sn(), sn(), data(100)).prop_map(
-            |(i, lun, itt, ttt, cmd_sn, exp, data)| {
+        (
+            any::<bool>(),
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            data(100)
+        )
+            .prop_map(|(i, lun, itt, ttt, cmd_sn, exp, data)| {
                 let immediate = i || itt == RESERVED_TAG;
-                Pdu::NopOut(NopOut { immediate, lun, itt, ttt, cmd_sn, exp_stat_sn: exp, data })
+                Pdu::NopOut(NopOut {
+                    immediate,
+                    lun,
+                    itt,
+                    ttt,
+                    cmd_sn,
+                    exp_stat_sn: exp,
+                    data,
+                })
             }),
         scsi_command(),
-        (any::<bool>(), any::<u8>(), lun(), any::<u32>(), any::<u32>(), sn(), sn(), sn(), any::<u32>())
+        (
+            any::<bool>(),
+            any::<u8>(),
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            sn(),
+            any::<u32>()
+        )
             .prop_map(|(i, f, lun, itt, rtt, cmd_sn, exp, rsn, eds)| {
-                Pdu::TaskMgmtRequest(TaskMgmtRequest { immediate: i, function: TmfFunction(f & 0x7f),
-                    lun, itt, referenced_task_tag: rtt, cmd_sn, exp_stat_sn: exp, ref_cmd_sn: rsn,
-                    exp_data_sn: eds })
+                Pdu::TaskMgmtRequest(TaskMgmtRequest {
+                    immediate: i,
+                    function: TmfFunction(f & 0x7f),
+                    lun,
+                    itt,
+                    referenced_task_tag: rtt,
+                    cmd_sn,
+                    exp_stat_sn: exp,
+                    ref_cmd_sn: rsn,
+                    exp_data_sn: eds,
+                })
             }),
         login_request(),
-        (any::<bool>(), any::<bool>(), any::<bool>(), lun(), any::<u32>(), any::<u32>(), sn(), sn(), data(300))
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            data(300)
+        )
             .prop_map(|(i, f, c, lun, itt, ttt, cmd_sn, exp, data)| {
-                Pdu::TextRequest(TextRequest { immediate: i, final_: f, continue_: c && !f, lun, itt,
-                    ttt, cmd_sn, exp_stat_sn: exp, data })
+                Pdu::TextRequest(TextRequest {
+                    immediate: i,
+                    final_: f,
+                    continue_: c && !f,
+                    lun,
+                    itt,
+                    ttt,
+                    cmd_sn,
+                    exp_stat_sn: exp,
+                    data,
+                })
             }),
-        (any::<bool>(), lun(), any::<u32>(), any::<u32>(), sn(), any::<u32>(), any::<u32>(), data(300))
+        (
+            any::<bool>(),
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            any::<u32>(),
+            any::<u32>(),
+            data(300)
+        )
             .prop_map(|(f, lun, itt, ttt, exp, dsn, off, data)| {
-                Pdu::DataOut(DataOut { final_: f, lun, itt, ttt, exp_stat_sn: exp, data_sn: dsn,
-                    buffer_offset: off, data })
+                Pdu::DataOut(DataOut {
+                    final_: f,
+                    lun,
+                    itt,
+                    ttt,
+                    exp_stat_sn: exp,
+                    data_sn: dsn,
+                    buffer_offset: off,
+                    data,
+                })
             }),
-        (any::<bool>(), 0u8..3, any::<u32>(), any::<u16>(), sn(), sn()).prop_map(
-            |(i, r, itt, cid, cmd_sn, exp)| {
-                Pdu::LogoutRequest(LogoutRequest { immediate: i, reason: LogoutReason(r), itt, cid,
-                    cmd_sn, exp_stat_sn: exp })
+        (
+            any::<bool>(),
+            0u8..3,
+            any::<u32>(),
+            any::<u16>(),
+            sn(),
+            sn()
+        )
+            .prop_map(|(i, r, itt, cid, cmd_sn, exp)| {
+                Pdu::LogoutRequest(LogoutRequest {
+                    immediate: i,
+                    reason: LogoutReason(r),
+                    itt,
+                    cid,
+                    cmd_sn,
+                    exp_stat_sn: exp,
+                })
             }),
-        (0u8..4, lun(), any::<u32>(), any::<u32>(), sn(), any::<u32>(), any::<u32>()).prop_map(
-            |(t, lun, itt, ttt, exp, beg, run)| {
-                Pdu::SnackRequest(SnackRequest { snack_type: SnackType(t), lun, itt, ttt,
-                    exp_stat_sn: exp, beg_run: beg, run_length: run })
+        (
+            0u8..4,
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(t, lun, itt, ttt, exp, beg, run)| {
+                Pdu::SnackRequest(SnackRequest {
+                    snack_type: SnackType(t),
+                    lun,
+                    itt,
+                    ttt,
+                    exp_stat_sn: exp,
+                    beg_run: beg,
+                    run_length: run,
+                })
             }),
-        (lun(), any::<bool>(), any::<u32>(), sn(), sn(), sn(), data(100)).prop_map(
-            |(lun, ping, tag, stat_sn, exp, max, data)| {
-                let (itt, ttt) = if ping { (RESERVED_TAG, tag) } else { (tag, RESERVED_TAG) };
-                Pdu::NopIn(NopIn { lun, itt, ttt, stat_sn, exp_cmd_sn: exp, max_cmd_sn: max, data })
+        (
+            lun(),
+            any::<bool>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            sn(),
+            data(100)
+        )
+            .prop_map(|(lun, ping, tag, stat_sn, exp, max, data)| {
+                let (itt, ttt) = if ping {
+                    (RESERVED_TAG, tag)
+                } else {
+                    (tag, RESERVED_TAG)
+                };
+                Pdu::NopIn(NopIn {
+                    lun,
+                    itt,
+                    ttt,
+                    stat_sn,
+                    exp_cmd_sn: exp,
+                    max_cmd_sn: max,
+                    data,
+                })
             }),
         scsi_response(),
         (any::<u8>(), any::<u32>(), sn(), sn(), sn()).prop_map(|(r, itt, s, e, m)| {
-            Pdu::TaskMgmtResponse(TaskMgmtResponse { response: TmfResponse(r), itt, stat_sn: s,
-                exp_cmd_sn: e, max_cmd_sn: m })
+            Pdu::TaskMgmtResponse(TaskMgmtResponse {
+                response: TmfResponse(r),
+                itt,
+                stat_sn: s,
+                exp_cmd_sn: e,
+                max_cmd_sn: m,
+            })
         }),
         login_response(),
-        (any::<bool>(), any::<bool>(), lun(), any::<u32>(), any::<u32>(), sn(), sn(), sn(), data(300))
+        (
+            any::<bool>(),
+            any::<bool>(),
+            lun(),
+            any::<u32>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            sn(),
+            data(300)
+        )
             .prop_map(|(f, c, lun, itt, ttt, s, e, m, data)| {
-                Pdu::TextResponse(TextResponse { final_: f, continue_: c && !f, lun, itt, ttt,
-                    stat_sn: s, exp_cmd_sn: e, max_cmd_sn: m, data })
+                Pdu::TextResponse(TextResponse {
+                    final_: f,
+                    continue_: c && !f,
+                    lun,
+                    itt,
+                    ttt,
+                    stat_sn: s,
+                    exp_cmd_sn: e,
+                    max_cmd_sn: m,
+                    data,
+                })
             }),
         data_in(),
-        (any::<u8>(), any::<u32>(), sn(), sn(), sn(), any::<u16>(), any::<u16>()).prop_map(
-            |(r, itt, s, e, m, w, t)| {
-                Pdu::LogoutResponse(LogoutResponse { response: LogoutResponseCode(r), itt,
-                    stat_sn: s, exp_cmd_sn: e, max_cmd_sn: m, time2wait: w, time2retain: t })
+        (
+            any::<u8>(),
+            any::<u32>(),
+            sn(),
+            sn(),
+            sn(),
+            any::<u16>(),
+            any::<u16>()
+        )
+            .prop_map(|(r, itt, s, e, m, w, t)| {
+                Pdu::LogoutResponse(LogoutResponse {
+                    response: LogoutResponseCode(r),
+                    itt,
+                    stat_sn: s,
+                    exp_cmd_sn: e,
+                    max_cmd_sn: m,
+                    time2wait: w,
+                    time2retain: t,
+                })
             }),
-        (lun(), any::<u32>(), 0u32..RESERVED_TAG, sn(), sn(), sn(), any::<u32>(), any::<u32>(), 1u32..)
+        (
+            lun(),
+            any::<u32>(),
+            0u32..RESERVED_TAG,
+            sn(),
+            sn(),
+            sn(),
+            any::<u32>(),
+            any::<u32>(),
+            1u32..
+        )
             .prop_map(|(lun, itt, ttt, s, e, m, r2tsn, off, len)| {
-                Pdu::R2t(R2t { lun, itt, ttt, stat_sn: s, exp_cmd_sn: e, max_cmd_sn: m,
-                    r2t_sn: r2tsn, buffer_offset: off, desired_data_transfer_length: len })
+                Pdu::R2t(R2t {
+                    lun,
+                    itt,
+                    ttt,
+                    stat_sn: s,
+                    exp_cmd_sn: e,
+                    max_cmd_sn: m,
+                    r2t_sn: r2tsn,
+                    buffer_offset: off,
+                    desired_data_transfer_length: len,
+                })
             }),
-        (lun(), sn(), sn(), sn(), any::<u8>(), any::<u8>(), any::<(u16, u16, u16)>(), data(100))
+        (
+            lun(),
+            sn(),
+            sn(),
+            sn(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<(u16, u16, u16)>(),
+            data(100)
+        )
             .prop_map(|(lun, s, e, m, ev, vc, p, data)| {
-                Pdu::AsyncMessage(AsyncMessage { lun, stat_sn: s, exp_cmd_sn: e, max_cmd_sn: m,
-                    event: AsyncEvent(ev), vcode: vc, parameter1: p.0, parameter2: p.1,
-                    parameter3: p.2, data })
+                Pdu::AsyncMessage(AsyncMessage {
+                    lun,
+                    stat_sn: s,
+                    exp_cmd_sn: e,
+                    max_cmd_sn: m,
+                    event: AsyncEvent(ev),
+                    vcode: vc,
+                    parameter1: p.0,
+                    parameter2: p.1,
+                    parameter3: p.2,
+                    data,
+                })
             }),
-        (any::<u8>(), sn(), sn(), sn(), any::<u32>(), data(100)).prop_map(|(r, s, e, m, dsn, data)| {
-            Pdu::Reject(Reject { reason: RejectReason(r), stat_sn: s, exp_cmd_sn: e,
-                max_cmd_sn: m, data_sn_or_r2t_sn: dsn, data })
-        }),
+        (any::<u8>(), sn(), sn(), sn(), any::<u32>(), data(100)).prop_map(
+            |(r, s, e, m, dsn, data)| {
+                Pdu::Reject(Reject {
+                    reason: RejectReason(r),
+                    stat_sn: s,
+                    exp_cmd_sn: e,
+                    max_cmd_sn: m,
+                    data_sn_or_r2t_sn: dsn,
+                    data,
+                })
+            }
+        ),
     ]
 }
 
@@ -212,8 +483,18 @@ fn oversized_segment_rejected_before_buffering() {
     let mut buf = BytesMut::from(&bhs[..]);
     let err = framer.decode(&mut buf).unwrap_err();
     assert!(!err.resynced);
-    assert!(matches!(err.error, DecodeError::DataSegmentTooLong { len: 0xffffff, limit: 8192, .. }));
-    assert!(err.to_string().contains("MaxRecvDataSegmentLength"), "{err}");
+    assert!(matches!(
+        err.error,
+        DecodeError::DataSegmentTooLong {
+            len: 0xffffff,
+            limit: 8192,
+            ..
+        }
+    ));
+    assert!(
+        err.to_string().contains("MaxRecvDataSegmentLength"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -230,12 +511,19 @@ fn bad_data_digest_is_reported_and_consumed() {
     let mut wire = Framer::encode(&pdu, Digest::Crc32c, Digest::Crc32c).to_vec();
     let n = wire.len();
     wire[n - 1] ^= 0xff;
-    let framer = Framer { header_digest: Digest::Crc32c, data_digest: Digest::Crc32c, max_recv_data_segment: 8192 };
+    let framer = Framer {
+        header_digest: Digest::Crc32c,
+        data_digest: Digest::Crc32c,
+        max_recv_data_segment: 8192,
+    };
     let mut buf = BytesMut::from(&wire[..]);
     let err = framer.decode(&mut buf).unwrap_err();
     assert!(err.resynced);
     assert!(buf.is_empty());
-    assert_eq!(err.error.reject_reason(), Some(RejectReason::DATA_DIGEST_ERROR));
+    assert_eq!(
+        err.error.reject_reason(),
+        Some(RejectReason::DATA_DIGEST_ERROR)
+    );
 }
 
 #[test]
@@ -251,7 +539,11 @@ fn bad_header_digest_drops_connection() {
     });
     let mut wire = Framer::encode(&pdu, Digest::Crc32c, Digest::None).to_vec();
     wire[20] ^= 1;
-    let framer = Framer { header_digest: Digest::Crc32c, data_digest: Digest::None, max_recv_data_segment: 8192 };
+    let framer = Framer {
+        header_digest: Digest::Crc32c,
+        data_digest: Digest::None,
+        max_recv_data_segment: 8192,
+    };
     let err = framer.decode(&mut BytesMut::from(&wire[..])).unwrap_err();
     assert!(!err.resynced);
     assert!(err.to_string().contains("header digest"), "{err}");
@@ -262,8 +554,13 @@ fn unknown_opcode_names_itself() {
     let mut bhs = [0u8; 48];
     bhs[0] = 0x1c;
     bhs[16..20].copy_from_slice(&5u32.to_be_bytes());
-    let err = Framer::default().decode(&mut BytesMut::from(&bhs[..])).unwrap_err();
-    assert_eq!(err.error.reject_reason(), Some(RejectReason::COMMAND_NOT_SUPPORTED));
+    let err = Framer::default()
+        .decode(&mut BytesMut::from(&bhs[..]))
+        .unwrap_err();
+    assert_eq!(
+        err.error.reject_reason(),
+        Some(RejectReason::COMMAND_NOT_SUPPORTED)
+    );
     assert!(err.to_string().contains("0x1c"), "{err}");
 }
 

@@ -25,7 +25,11 @@ fn fc(b: &[u8; 48], op: Opcode) -> Result<(bool, bool), DecodeError> {
     let c = b[1] & 0x40 != 0;
     // §11.10.2 / §11.11.2: "If the F bit is set to 1, the C bit MUST be set to 0."
     if f && c {
-        return Err(DecodeError::malformed(op, "both the F (final) and C (continue) bits are set", "§11.10.2"));
+        return Err(DecodeError::malformed(
+            op,
+            "both the F (final) and C (continue) bits are set",
+            "§11.10.2",
+        ));
     }
     Ok((f, c))
 }

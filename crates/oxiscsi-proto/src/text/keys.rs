@@ -51,41 +51,255 @@ const B24: u32 = (1 << 24) - 1;
 
 macro_rules! key {
     ($name:expr, $kind:expr, $phase:expr, $default:expr, $disc:expr, $sec:expr) => {
-        KeyDef { name: $name, kind: $kind, phase: $phase, default: $default, discovery: $disc, section: $sec }
+        KeyDef {
+            name: $name,
+            kind: $kind,
+            phase: $phase,
+            default: $default,
+            discovery: $disc,
+            section: $sec,
+        }
     };
 }
 
 /// Every key this implementation knows.
 pub static KEYS: &[KeyDef] = &[
-    key!("AuthMethod", KeyKind::List, KeyPhase::Security, Some("None"), true, "§12.1"),
-    key!("HeaderDigest", KeyKind::List, KeyPhase::InitializeOnly, Some("None"), true, "§13.1"),
-    key!("DataDigest", KeyKind::List, KeyPhase::InitializeOnly, Some("None"), true, "§13.1"),
-    key!("MaxConnections", KeyKind::NumMin { min: 1, max: 65535 }, KeyPhase::LeadingOnly, Some("1"), false, "§13.2"),
-    key!("SendTargets", KeyKind::Declarative { range: None }, KeyPhase::Any, None, true, "§13.3"),
-    key!("TargetName", KeyKind::Declarative { range: None }, KeyPhase::InitializeOnly, None, true, "§13.4"),
-    key!("InitiatorName", KeyKind::Declarative { range: None }, KeyPhase::InitializeOnly, None, true, "§13.5"),
-    key!("TargetAlias", KeyKind::Declarative { range: None }, KeyPhase::Any, None, true, "§13.6"),
-    key!("InitiatorAlias", KeyKind::Declarative { range: None }, KeyPhase::Any, None, true, "§13.7"),
-    key!("TargetAddress", KeyKind::Declarative { range: None }, KeyPhase::Any, None, true, "§13.8"),
-    key!("TargetPortalGroupTag", KeyKind::Declarative { range: Some((0, 65535)) }, KeyPhase::InitializeOnly, None, true, "§13.9"),
-    key!("InitialR2T", KeyKind::BoolOr, KeyPhase::LeadingOnly, Some("Yes"), false, "§13.10"),
-    key!("ImmediateData", KeyKind::BoolAnd, KeyPhase::LeadingOnly, Some("Yes"), false, "§13.11"),
-    key!("MaxRecvDataSegmentLength", KeyKind::Declarative { range: Some((512, B24)) }, KeyPhase::Any, Some("8192"), true, "§13.12"),
-    key!("MaxBurstLength", KeyKind::NumMin { min: 512, max: B24 }, KeyPhase::LeadingOnly, Some("262144"), false, "§13.13"),
-    key!("FirstBurstLength", KeyKind::NumMin { min: 512, max: B24 }, KeyPhase::LeadingOnly, Some("65536"), false, "§13.14"),
-    key!("DefaultTime2Wait", KeyKind::NumMax { min: 0, max: 3600 }, KeyPhase::LeadingOnly, Some("2"), true, "§13.15"),
-    key!("DefaultTime2Retain", KeyKind::NumMin { min: 0, max: 3600 }, KeyPhase::LeadingOnly, Some("20"), true, "§13.16"),
-    key!("MaxOutstandingR2T", KeyKind::NumMin { min: 1, max: 65535 }, KeyPhase::LeadingOnly, Some("1"), false, "§13.17"),
-    key!("DataPDUInOrder", KeyKind::BoolOr, KeyPhase::LeadingOnly, Some("Yes"), false, "§13.18"),
-    key!("DataSequenceInOrder", KeyKind::BoolOr, KeyPhase::LeadingOnly, Some("Yes"), false, "§13.19"),
-    key!("ErrorRecoveryLevel", KeyKind::NumMin { min: 0, max: 2 }, KeyPhase::LeadingOnly, Some("0"), true, "§13.20"),
-    key!("SessionType", KeyKind::Declarative { range: None }, KeyPhase::LeadingOnly, Some("Normal"), true, "§13.21"),
-    key!("TaskReporting", KeyKind::List, KeyPhase::LeadingOnly, Some("RFC3720"), false, "§13.23"),
-    key!("iSCSIProtocolLevel", KeyKind::NumMin { min: 0, max: 31 }, KeyPhase::LeadingOnly, Some("1"), true, "§13.24"),
-    key!("OFMarker", KeyKind::Obsolete, KeyPhase::InitializeOnly, None, true, "§13.25"),
-    key!("IFMarker", KeyKind::Obsolete, KeyPhase::InitializeOnly, None, true, "§13.25"),
-    key!("OFMarkInt", KeyKind::Obsolete, KeyPhase::InitializeOnly, None, true, "§13.25"),
-    key!("IFMarkInt", KeyKind::Obsolete, KeyPhase::InitializeOnly, None, true, "§13.25"),
+    key!(
+        "AuthMethod",
+        KeyKind::List,
+        KeyPhase::Security,
+        Some("None"),
+        true,
+        "§12.1"
+    ),
+    key!(
+        "HeaderDigest",
+        KeyKind::List,
+        KeyPhase::InitializeOnly,
+        Some("None"),
+        true,
+        "§13.1"
+    ),
+    key!(
+        "DataDigest",
+        KeyKind::List,
+        KeyPhase::InitializeOnly,
+        Some("None"),
+        true,
+        "§13.1"
+    ),
+    key!(
+        "MaxConnections",
+        KeyKind::NumMin { min: 1, max: 65535 },
+        KeyPhase::LeadingOnly,
+        Some("1"),
+        false,
+        "§13.2"
+    ),
+    key!(
+        "SendTargets",
+        KeyKind::Declarative { range: None },
+        KeyPhase::Any,
+        None,
+        true,
+        "§13.3"
+    ),
+    key!(
+        "TargetName",
+        KeyKind::Declarative { range: None },
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.4"
+    ),
+    key!(
+        "InitiatorName",
+        KeyKind::Declarative { range: None },
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.5"
+    ),
+    key!(
+        "TargetAlias",
+        KeyKind::Declarative { range: None },
+        KeyPhase::Any,
+        None,
+        true,
+        "§13.6"
+    ),
+    key!(
+        "InitiatorAlias",
+        KeyKind::Declarative { range: None },
+        KeyPhase::Any,
+        None,
+        true,
+        "§13.7"
+    ),
+    key!(
+        "TargetAddress",
+        KeyKind::Declarative { range: None },
+        KeyPhase::Any,
+        None,
+        true,
+        "§13.8"
+    ),
+    key!(
+        "TargetPortalGroupTag",
+        KeyKind::Declarative {
+            range: Some((0, 65535))
+        },
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.9"
+    ),
+    key!(
+        "InitialR2T",
+        KeyKind::BoolOr,
+        KeyPhase::LeadingOnly,
+        Some("Yes"),
+        false,
+        "§13.10"
+    ),
+    key!(
+        "ImmediateData",
+        KeyKind::BoolAnd,
+        KeyPhase::LeadingOnly,
+        Some("Yes"),
+        false,
+        "§13.11"
+    ),
+    key!(
+        "MaxRecvDataSegmentLength",
+        KeyKind::Declarative {
+            range: Some((512, B24))
+        },
+        KeyPhase::Any,
+        Some("8192"),
+        true,
+        "§13.12"
+    ),
+    key!(
+        "MaxBurstLength",
+        KeyKind::NumMin { min: 512, max: B24 },
+        KeyPhase::LeadingOnly,
+        Some("262144"),
+        false,
+        "§13.13"
+    ),
+    key!(
+        "FirstBurstLength",
+        KeyKind::NumMin { min: 512, max: B24 },
+        KeyPhase::LeadingOnly,
+        Some("65536"),
+        false,
+        "§13.14"
+    ),
+    key!(
+        "DefaultTime2Wait",
+        KeyKind::NumMax { min: 0, max: 3600 },
+        KeyPhase::LeadingOnly,
+        Some("2"),
+        true,
+        "§13.15"
+    ),
+    key!(
+        "DefaultTime2Retain",
+        KeyKind::NumMin { min: 0, max: 3600 },
+        KeyPhase::LeadingOnly,
+        Some("20"),
+        true,
+        "§13.16"
+    ),
+    key!(
+        "MaxOutstandingR2T",
+        KeyKind::NumMin { min: 1, max: 65535 },
+        KeyPhase::LeadingOnly,
+        Some("1"),
+        false,
+        "§13.17"
+    ),
+    key!(
+        "DataPDUInOrder",
+        KeyKind::BoolOr,
+        KeyPhase::LeadingOnly,
+        Some("Yes"),
+        false,
+        "§13.18"
+    ),
+    key!(
+        "DataSequenceInOrder",
+        KeyKind::BoolOr,
+        KeyPhase::LeadingOnly,
+        Some("Yes"),
+        false,
+        "§13.19"
+    ),
+    key!(
+        "ErrorRecoveryLevel",
+        KeyKind::NumMin { min: 0, max: 2 },
+        KeyPhase::LeadingOnly,
+        Some("0"),
+        true,
+        "§13.20"
+    ),
+    key!(
+        "SessionType",
+        KeyKind::Declarative { range: None },
+        KeyPhase::LeadingOnly,
+        Some("Normal"),
+        true,
+        "§13.21"
+    ),
+    key!(
+        "TaskReporting",
+        KeyKind::List,
+        KeyPhase::LeadingOnly,
+        Some("RFC3720"),
+        false,
+        "§13.23"
+    ),
+    key!(
+        "iSCSIProtocolLevel",
+        KeyKind::NumMin { min: 0, max: 31 },
+        KeyPhase::LeadingOnly,
+        Some("1"),
+        true,
+        "§13.24"
+    ),
+    key!(
+        "OFMarker",
+        KeyKind::Obsolete,
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.25"
+    ),
+    key!(
+        "IFMarker",
+        KeyKind::Obsolete,
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.25"
+    ),
+    key!(
+        "OFMarkInt",
+        KeyKind::Obsolete,
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.25"
+    ),
+    key!(
+        "IFMarkInt",
+        KeyKind::Obsolete,
+        KeyPhase::InitializeOnly,
+        None,
+        true,
+        "§13.25"
+    ),
 ];
 
 /// Look a key up by its exact (case-sensitive, §6.1) name.

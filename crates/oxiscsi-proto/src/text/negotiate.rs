@@ -24,13 +24,36 @@ pub enum NegotiationError {
     #[error(transparent)]
     Text(#[from] TextError),
     #[error("peer answered {key}={answer}, which is not among the values we offered ({offered}) (RFC 7143 §6.2.2)")]
-    NotOffered { key: String, answer: String, offered: String },
+    NotOffered {
+        key: String,
+        answer: String,
+        offered: String,
+    },
     #[error("peer answered {key}={answer}, breaking the {rule} result function against our {offered} (RFC 7143 {section})")]
-    BadResult { key: String, answer: String, offered: String, rule: &'static str, section: &'static str },
-    #[error("peer sent {key}={value}, outside the allowed range {min}..={max} (RFC 7143 {section})")]
-    OutOfRange { key: String, value: String, min: u32, max: u32, section: &'static str },
+    BadResult {
+        key: String,
+        answer: String,
+        offered: String,
+        rule: &'static str,
+        section: &'static str,
+    },
+    #[error(
+        "peer sent {key}={value}, outside the allowed range {min}..={max} (RFC 7143 {section})"
+    )]
+    OutOfRange {
+        key: String,
+        value: String,
+        min: u32,
+        max: u32,
+        section: &'static str,
+    },
     #[error("peer refused {key} ({answer}) and its default {default} is not acceptable to us (we offered {offered})")]
-    Refused { key: String, answer: String, default: String, offered: String },
+    Refused {
+        key: String,
+        answer: String,
+        default: String,
+        offered: String,
+    },
     #[error("key {0} negotiated twice in one login (RFC 7143 §6.2)")]
     Renegotiated(String),
 }
@@ -90,8 +113,14 @@ impl OperationalParams {
         vec![
             ("HeaderDigest", self.header_digest.key_value().into()),
             ("DataDigest", self.data_digest.key_value().into()),
-            ("MaxRecvDataSegmentLength", self.max_recv_data_segment_length.to_string()),
-            ("MaxXmitDataSegmentLength", self.max_xmit_data_segment_length.to_string()),
+            (
+                "MaxRecvDataSegmentLength",
+                self.max_recv_data_segment_length.to_string(),
+            ),
+            (
+                "MaxXmitDataSegmentLength",
+                self.max_xmit_data_segment_length.to_string(),
+            ),
             ("FirstBurstLength", self.first_burst_length.to_string()),
             ("MaxBurstLength", self.max_burst_length.to_string()),
             ("ImmediateData", bool_str(self.immediate_data).into()),
@@ -102,7 +131,10 @@ impl OperationalParams {
             ("DefaultTime2Wait", self.default_time2wait.to_string()),
             ("DefaultTime2Retain", self.default_time2retain.to_string()),
             ("DataPDUInOrder", bool_str(self.data_pdu_in_order).into()),
-            ("DataSequenceInOrder", bool_str(self.data_sequence_in_order).into()),
+            (
+                "DataSequenceInOrder",
+                bool_str(self.data_sequence_in_order).into(),
+            ),
         ]
     }
 }
@@ -157,7 +189,9 @@ impl Negotiator {
             if self.done.contains(&def.name) {
                 continue;
             }
-            let Some(v) = self.local.get(def.name).cloned() else { continue };
+            let Some(v) = self.local.get(def.name).cloned() else {
+                continue;
+            };
             if self.discovery && !def.discovery {
                 continue;
             }
@@ -177,7 +211,10 @@ impl Negotiator {
 
     /// Handle the peer's key=value pairs (one complete text, not CHAP or AuthMethod).
     /// Returns the answers we must send back.
-    pub fn handle(&mut self, pairs: &[(String, String)]) -> Result<Vec<(String, String)>, NegotiationError> {
+    pub fn handle(
+        &mut self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, NegotiationError> {
         let mut seen: Vec<&str> = Vec::new();
         let mut replies = Vec::new();
         for (key, value) in pairs {
@@ -201,7 +238,8 @@ impl Negotiator {
             match def.kind {
                 KeyKind::Declarative { range } => {
                     if let Some((min, max)) = range {
-                        let ok = parse_number(value).is_some_and(|n| n >= u64::from(min) && n <= u64::from(max));
+                        let ok = parse_number(value)
+                            .is_some_and(|n| n >= u64::from(min) && n <= u64::from(max));
                         if !ok {
                             return Err(NegotiationError::OutOfRange {
                                 key: key.clone(),
@@ -251,9 +289,17 @@ impl Negotiator {
     pub fn params(&self) -> OperationalParams {
         let d = OperationalParams::default();
         let num = |k: &str, dflt: u32| -> u32 {
-            self.agreed.get(k).and_then(|v| parse_number(v)).map_or(dflt, |n| n.min(u64::from(u32::MAX)) as u32)
+            self.agreed
+                .get(k)
+                .and_then(|v| parse_number(v))
+                .map_or(dflt, |n| n.min(u64::from(u32::MAX)) as u32)
         };
-        let boolean = |k: &str, dflt: bool| self.agreed.get(k).and_then(|v| parse_bool(v)).unwrap_or(dflt);
+        let boolean = |k: &str, dflt: bool| {
+            self.agreed
+                .get(k)
+                .and_then(|v| parse_bool(v))
+                .unwrap_or(dflt)
+        };
         let digest = |k: &str| match self.agreed.get(k).map(String::as_str) {
             Some("CRC32C") => Digest::Crc32c,
             _ => Digest::None,
@@ -320,11 +366,17 @@ pub fn respond(def: &KeyDef, local: Option<&str>, offered: &str) -> String {
                 .map_or_else(|| "Reject".to_string(), str::to_string)
         }
         KeyKind::NumMin { min, max } | KeyKind::NumMax { min, max } => {
-            let Some(theirs) = parse_number(offered).filter(|n| *n >= u64::from(min) && *n <= u64::from(max)) else {
+            let Some(theirs) =
+                parse_number(offered).filter(|n| *n >= u64::from(min) && *n <= u64::from(max))
+            else {
                 return "Reject".to_string();
             };
             let ours = local.and_then(parse_number).unwrap_or(theirs);
-            let r = if matches!(def.kind, KeyKind::NumMin { .. }) { ours.min(theirs) } else { ours.max(theirs) };
+            let r = if matches!(def.kind, KeyKind::NumMin { .. }) {
+                ours.min(theirs)
+            } else {
+                ours.max(theirs)
+            };
             r.clamp(u64::from(min), u64::from(max)).to_string()
         }
         KeyKind::BoolAnd | KeyKind::BoolOr => {
@@ -332,7 +384,11 @@ pub fn respond(def: &KeyDef, local: Option<&str>, offered: &str) -> String {
                 return "Reject".to_string();
             };
             let ours = local.and_then(parse_bool).unwrap_or(theirs);
-            let r = if def.kind == KeyKind::BoolAnd { ours && theirs } else { ours || theirs };
+            let r = if def.kind == KeyKind::BoolAnd {
+                ours && theirs
+            } else {
+                ours || theirs
+            };
             bool_str(r).to_string()
         }
         KeyKind::Obsolete => "Reject".to_string(),
@@ -341,7 +397,12 @@ pub fn respond(def: &KeyDef, local: Option<&str>, offered: &str) -> String {
 }
 
 /// Check the peer's answer to our offer and return the result in force.
-pub fn check_answer(def: &KeyDef, offered: &str, answer: &str, local: Option<&String>) -> Result<String, NegotiationError> {
+pub fn check_answer(
+    def: &KeyDef,
+    offered: &str,
+    answer: &str,
+    local: Option<&String>,
+) -> Result<String, NegotiationError> {
     let err_result = |rule: &'static str| NegotiationError::BadResult {
         key: def.name.to_string(),
         answer: answer.to_string(),
@@ -353,7 +414,7 @@ pub fn check_answer(def: &KeyDef, offered: &str, answer: &str, local: Option<&St
         // The key takes its default; that must be acceptable to us.
         let default = def.default.unwrap_or("").to_string();
         let acceptable = match def.kind {
-            KeyKind::List => local.map_or(true, |l| l.split(',').any(|v| v == default)),
+            KeyKind::List => local.is_none_or(|l| l.split(',').any(|v| v == default)),
             _ => true,
         };
         if !acceptable {
@@ -442,9 +503,19 @@ mod tests {
     }
 
     const ORDER: &[&str] = &[
-        "HeaderDigest", "DataDigest", "MaxConnections", "InitialR2T", "ImmediateData",
-        "MaxRecvDataSegmentLength", "MaxBurstLength", "FirstBurstLength", "DefaultTime2Wait",
-        "DefaultTime2Retain", "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
+        "HeaderDigest",
+        "DataDigest",
+        "MaxConnections",
+        "InitialR2T",
+        "ImmediateData",
+        "MaxRecvDataSegmentLength",
+        "MaxBurstLength",
+        "FirstBurstLength",
+        "DefaultTime2Wait",
+        "DefaultTime2Retain",
+        "MaxOutstandingR2T",
+        "DataPDUInOrder",
+        "DataSequenceInOrder",
         "ErrorRecoveryLevel",
     ];
 
@@ -481,7 +552,11 @@ mod tests {
                     assert!(r.is_ok(), "{key} {offer} -> {answer}: {r:?}");
                     assert_eq!(n.agreed(key), Some(*v), "{key} {offer} -> {answer}");
                 }
-                Err(()) => assert!(r.is_err(), "{key} {offer} -> {answer} should fail, got {:?}", n.agreed(key)),
+                Err(()) => assert!(
+                    r.is_err(),
+                    "{key} {offer} -> {answer} should fail, got {:?}",
+                    n.agreed(key)
+                ),
             }
         }
     }
@@ -508,7 +583,11 @@ mod tests {
             let l: Vec<(&str, String)> = local.iter().map(|v| (*key, s(v))).collect();
             let mut n = Negotiator::new(Role::Target, false, &l);
             let replies = n.handle(&[(s(key), s(offer))]).unwrap();
-            assert_eq!(replies, vec![(s(key), s(want))], "{key} local {local:?} offer {offer}");
+            assert_eq!(
+                replies,
+                vec![(s(key), s(want))],
+                "{key} local {local:?} offer {offer}"
+            );
         }
     }
 
@@ -516,15 +595,30 @@ mod tests {
     fn unknown_and_irrelevant_keys() {
         let mut n = Negotiator::new(Role::Target, true, &[]);
         let r = n
-            .handle(&[(s("X-com.example.Foo"), s("1")), (s("MaxBurstLength"), s("512")), (s("Bogus"), s("Reject"))])
+            .handle(&[
+                (s("X-com.example.Foo"), s("1")),
+                (s("MaxBurstLength"), s("512")),
+                (s("Bogus"), s("Reject")),
+            ])
             .unwrap();
-        assert_eq!(r, vec![(s("X-com.example.Foo"), s("NotUnderstood")), (s("MaxBurstLength"), s("Irrelevant"))]);
+        assert_eq!(
+            r,
+            vec![
+                (s("X-com.example.Foo"), s("NotUnderstood")),
+                (s("MaxBurstLength"), s("Irrelevant"))
+            ]
+        );
     }
 
     #[test]
     fn duplicate_key_is_an_error() {
         let mut n = Negotiator::new(Role::Target, false, &[]);
-        let e = n.handle(&[(s("MaxBurstLength"), s("512")), (s("MaxBurstLength"), s("1024"))]).unwrap_err();
+        let e = n
+            .handle(&[
+                (s("MaxBurstLength"), s("512")),
+                (s("MaxBurstLength"), s("1024")),
+            ])
+            .unwrap_err();
         assert!(e.to_string().contains("more than once"), "{e}");
     }
 
@@ -562,9 +656,20 @@ mod tests {
 
     #[test]
     fn first_burst_clamped_to_max_burst() {
-        let mut n = Negotiator::new(Role::Initiator, false, &[("MaxBurstLength", s("4096")), ("FirstBurstLength", s("8192"))]);
+        let mut n = Negotiator::new(
+            Role::Initiator,
+            false,
+            &[
+                ("MaxBurstLength", s("4096")),
+                ("FirstBurstLength", s("8192")),
+            ],
+        );
         n.offer(&["MaxBurstLength", "FirstBurstLength"]);
-        n.handle(&[(s("MaxBurstLength"), s("4096")), (s("FirstBurstLength"), s("8192"))]).unwrap();
+        n.handle(&[
+            (s("MaxBurstLength"), s("4096")),
+            (s("FirstBurstLength"), s("8192")),
+        ])
+        .unwrap();
         assert_eq!(n.params().first_burst_length, 4096);
     }
 }

@@ -45,14 +45,18 @@ pub fn parse_pairs(data: &[u8]) -> Result<Vec<(String, String)>, TextError> {
             continue;
         }
         let eq = item.iter().position(|&b| b == b'=').ok_or_else(|| {
-            TextError::MissingEquals(String::from_utf8_lossy(&item[..item.len().min(64)]).into_owned())
+            TextError::MissingEquals(
+                String::from_utf8_lossy(&item[..item.len().min(64)]).into_owned(),
+            )
         })?;
         let (k, v) = (&item[..eq], &item[eq + 1..]);
         if k.len() > MAX_KEY_LEN {
             return Err(TextError::KeyTooLong(k.len()));
         }
         if k.is_empty() || !k.iter().all(|&c| key_char_ok(c)) {
-            return Err(TextError::BadKeyChar(String::from_utf8_lossy(k).into_owned()));
+            return Err(TextError::BadKeyChar(
+                String::from_utf8_lossy(k).into_owned(),
+            ));
         }
         let key = String::from_utf8(k.to_vec()).map_err(|_| TextError::NotUtf8)?;
         if v.len() > MAX_VALUE_LEN {
@@ -86,7 +90,10 @@ pub struct TextAssembler {
 
 impl TextAssembler {
     pub fn new(limit: usize) -> Self {
-        TextAssembler { buf: Vec::new(), limit }
+        TextAssembler {
+            buf: Vec::new(),
+            limit,
+        }
     }
 
     /// Add one PDU's data segment.
@@ -126,22 +133,37 @@ mod tests {
     #[test]
     fn parse_basic() {
         let p = parse_pairs(b"HeaderDigest=None\0MaxBurstLength=262144\0").unwrap();
-        assert_eq!(p, vec![("HeaderDigest".into(), "None".into()), ("MaxBurstLength".into(), "262144".into())]);
+        assert_eq!(
+            p,
+            vec![
+                ("HeaderDigest".into(), "None".into()),
+                ("MaxBurstLength".into(), "262144".into())
+            ]
+        );
     }
 
     #[test]
     fn rejects_bad_text() {
         assert_eq!(parse_pairs(b"A=B"), Err(TextError::MissingNul));
-        assert!(matches!(parse_pairs(b"AB\0"), Err(TextError::MissingEquals(_))));
+        assert!(matches!(
+            parse_pairs(b"AB\0"),
+            Err(TextError::MissingEquals(_))
+        ));
         let long = format!("{}=1\0", "K".repeat(64));
         assert_eq!(parse_pairs(long.as_bytes()), Err(TextError::KeyTooLong(64)));
-        assert!(matches!(parse_pairs(b"a/b=1\0"), Err(TextError::BadKeyChar(_))));
+        assert!(matches!(
+            parse_pairs(b"a/b=1\0"),
+            Err(TextError::BadKeyChar(_))
+        ));
         assert_eq!(parse_pairs(b"A=\xff\0"), Err(TextError::NotUtf8));
     }
 
     #[test]
     fn empty_value_allowed() {
-        assert_eq!(parse_pairs(b"TargetAlias=\0").unwrap(), vec![("TargetAlias".into(), String::new())]);
+        assert_eq!(
+            parse_pairs(b"TargetAlias=\0").unwrap(),
+            vec![("TargetAlias".into(), String::new())]
+        );
     }
 
     #[test]
@@ -149,7 +171,10 @@ mod tests {
         let mut a = TextAssembler::new(32);
         a.push(b"Target").unwrap();
         a.push(b"Name=iqn.x\0").unwrap();
-        assert_eq!(a.finish().unwrap(), vec![("TargetName".into(), "iqn.x".into())]);
+        assert_eq!(
+            a.finish().unwrap(),
+            vec![("TargetName".into(), "iqn.x".into())]
+        );
         assert!(a.push(&[b'a'; 33]).is_err());
     }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use rand::rngs::mock::StepRng;
 
 use super::*;
-use crate::login::chap::{ChapCredentials, ChapAlgorithm};
+use crate::login::chap::{ChapAlgorithm, ChapCredentials};
 use crate::pdu::LoginStatus;
 use crate::text::parse_pairs;
 
@@ -26,7 +26,13 @@ fn cfg(chap: Option<ChapConfig>) -> LoginConfig {
     }
 }
 
-fn rsp(req: &LoginRequest, transit: bool, nsg: Stage, stat_sn: u32, keys: &[(&str, &str)]) -> LoginResponse {
+fn rsp(
+    req: &LoginRequest,
+    transit: bool,
+    nsg: Stage,
+    stat_sn: u32,
+    keys: &[(&str, &str)],
+) -> LoginResponse {
     LoginResponse {
         transit,
         continue_: false,
@@ -35,7 +41,11 @@ fn rsp(req: &LoginRequest, transit: bool, nsg: Stage, stat_sn: u32, keys: &[(&st
         version_max: 0,
         version_active: 0,
         isid: req.isid,
-        tsih: if transit && nsg == Stage::FullFeature { 7 } else { 0 },
+        tsih: if transit && nsg == Stage::FullFeature {
+            7
+        } else {
+            0
+        },
         itt: req.itt,
         stat_sn: SerialNumber(stat_sn),
         exp_cmd_sn: SerialNumber(100),
@@ -94,7 +104,13 @@ fn auth_none_then_operational() {
     assert_eq!(get(&k, "TargetName"), Some("iqn.2026-11.test:tgt"));
     assert_eq!(get(&k, "SessionType"), Some("Normal"));
     let step = l
-        .handle_response(rsp(&r1, true, Stage::Operational, 5, &[("AuthMethod", "None"), ("TargetPortalGroupTag", "1")]))
+        .handle_response(rsp(
+            &r1,
+            true,
+            Stage::Operational,
+            5,
+            &[("AuthMethod", "None"), ("TargetPortalGroupTag", "1")],
+        ))
         .unwrap();
     assert!(matches!(step, LoginStep::Continue));
     let r2 = next(&mut l);
@@ -103,8 +119,12 @@ fn auth_none_then_operational() {
     let k = keys(&r2);
     assert_eq!(get(&k, "InitialR2T"), Some("No"));
     assert_eq!(get(&k, "MaxRecvDataSegmentLength"), Some("262144"));
-    let step = l.handle_response(rsp(&r2, true, Stage::FullFeature, 6, &tgt_ops())).unwrap();
-    let LoginStep::Complete(out) = step else { panic!("{step:?}") };
+    let step = l
+        .handle_response(rsp(&r2, true, Stage::FullFeature, 6, &tgt_ops()))
+        .unwrap();
+    let LoginStep::Complete(out) = step else {
+        panic!("{step:?}")
+    };
     assert_eq!(out.tsih, 7);
     assert_eq!(out.exp_stat_sn, SerialNumber(7));
     assert_eq!(out.cmd_sn, SerialNumber(100));
@@ -116,31 +136,56 @@ fn auth_none_then_operational() {
 
 fn chap_cfg(mutual: bool) -> ChapConfig {
     ChapConfig {
-        initiator: ChapCredentials { user: "alice".into(), secret: b"initiator-secret".to_vec() },
-        target: mutual.then(|| ChapCredentials { user: "tgt".into(), secret: b"target-secret-1".to_vec() }),
+        initiator: ChapCredentials {
+            user: "alice".into(),
+            secret: b"initiator-secret".to_vec(),
+        },
+        target: mutual.then(|| ChapCredentials {
+            user: "tgt".into(),
+            secret: b"target-secret-1".to_vec(),
+        }),
         algorithms: ChapConfig::DEFAULT_ALGORITHMS.to_vec(),
     }
 }
 
-fn run_chap(mutual: bool, target_answer: impl Fn(u8, &[u8]) -> Vec<(String, String)>) -> Result<LoginStep, LoginError> {
+fn run_chap(
+    mutual: bool,
+    target_answer: impl Fn(u8, &[u8]) -> Vec<(String, String)>,
+) -> Result<LoginStep, LoginError> {
     let now = Instant::now();
     let mut l = InitiatorLogin::new(cfg(Some(chap_cfg(mutual))), now, rng()).unwrap();
     let r1 = next(&mut l);
     assert!(!r1.transit);
     assert_eq!(get(&keys(&r1), "AuthMethod"), Some("CHAP"));
-    l.handle_response(rsp(&r1, false, Stage::Security, 1, &[("AuthMethod", "CHAP")])).unwrap();
+    l.handle_response(rsp(
+        &r1,
+        false,
+        Stage::Security,
+        1,
+        &[("AuthMethod", "CHAP")],
+    ))
+    .unwrap();
     let r2 = next(&mut l);
     assert_eq!(get(&keys(&r2), "CHAP_A"), Some("5,6,7,8"));
     let challenge = [9u8; 16];
     let c = crate::login::chap::encode_binary(&challenge);
-    l.handle_response(rsp(&r2, false, Stage::Security, 2, &[("CHAP_A", "5"), ("CHAP_I", "42"), ("CHAP_C", &c)]))
-        .unwrap();
+    l.handle_response(rsp(
+        &r2,
+        false,
+        Stage::Security,
+        2,
+        &[("CHAP_A", "5"), ("CHAP_I", "42"), ("CHAP_C", &c)],
+    ))
+    .unwrap();
     let r3 = next(&mut l);
     assert!(r3.transit);
     let k = keys(&r3);
     assert_eq!(get(&k, "CHAP_N"), Some("alice"));
     let expect = ChapAlgorithm::MD5.response(42, b"initiator-secret", &challenge);
-    assert_eq!(get(&k, "CHAP_R"), Some(crate::login::chap::encode_binary(&expect).as_str()));
+    assert_eq!(
+        get(&k, "CHAP_R"),
+        Some(crate::login::chap::encode_binary(&expect).as_str())
+    );
     let mut answer: Vec<(String, String)> = Vec::new();
     if mutual {
         let id: u8 = get(&k, "CHAP_I").unwrap().parse().unwrap();
@@ -150,7 +195,10 @@ fn run_chap(mutual: bool, target_answer: impl Fn(u8, &[u8]) -> Vec<(String, Stri
     } else {
         assert_eq!(get(&k, "CHAP_C"), None);
     }
-    let ans: Vec<(&str, &str)> = answer.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let ans: Vec<(&str, &str)> = answer
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     l.handle_response(rsp(&r3, true, Stage::Operational, 3, &ans))?;
     let r4 = next(&mut l);
     l.handle_response(rsp(&r4, true, Stage::FullFeature, 4, &tgt_ops()))
@@ -159,7 +207,9 @@ fn run_chap(mutual: bool, target_answer: impl Fn(u8, &[u8]) -> Vec<(String, Stri
 #[test]
 fn chap_one_way() {
     let step = run_chap(false, |_, _| vec![]).unwrap();
-    let LoginStep::Complete(out) = step else { panic!() };
+    let LoginStep::Complete(out) = step else {
+        panic!()
+    };
     assert_eq!(out.chap, Some(ChapAlgorithm::MD5));
     assert!(!out.mutual);
 }
@@ -168,20 +218,31 @@ fn chap_one_way() {
 fn chap_mutual_ok_and_wrong() {
     let good = |id: u8, ch: &[u8]| {
         let r = ChapAlgorithm::MD5.response(id, b"target-secret-1", ch);
-        vec![("CHAP_N".to_string(), "tgt".to_string()), ("CHAP_R".to_string(), crate::login::chap::encode_binary(&r))]
+        vec![
+            ("CHAP_N".to_string(), "tgt".to_string()),
+            ("CHAP_R".to_string(), crate::login::chap::encode_binary(&r)),
+        ]
     };
-    let LoginStep::Complete(out) = run_chap(true, good).unwrap() else { panic!() };
+    let LoginStep::Complete(out) = run_chap(true, good).unwrap() else {
+        panic!()
+    };
     assert!(out.mutual);
 
     let bad = |id: u8, ch: &[u8]| {
         let r = ChapAlgorithm::MD5.response(id, b"wrong", ch);
-        vec![("CHAP_N".to_string(), "tgt".to_string()), ("CHAP_R".to_string(), crate::login::chap::encode_binary(&r))]
+        vec![
+            ("CHAP_N".to_string(), "tgt".to_string()),
+            ("CHAP_R".to_string(), crate::login::chap::encode_binary(&r)),
+        ]
     };
     let err = run_chap(true, bad).unwrap_err();
     assert!(err.to_string().contains("mutual CHAP secret"), "{err}");
     let missing = |_: u8, _: &[u8]| vec![];
     let err = run_chap(true, missing).unwrap_err();
-    assert!(err.to_string().contains("cannot prove its identity"), "{err}");
+    assert!(
+        err.to_string().contains("cannot prove its identity"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,7 +252,10 @@ fn failure_status_in_words() {
     let mut r = rsp(&r1, false, Stage::Security, 0, &[]);
     r.status = LoginStatus::AUTHENTICATION_FAILURE;
     let e = l.handle_response(r).unwrap_err();
-    assert_eq!(e.to_string(), "authentication failure (0x0201): check the CHAP user and secret");
+    assert_eq!(
+        e.to_string(),
+        "authentication failure (0x0201): check the CHAP user and secret"
+    );
     assert!(e.is_auth());
 
     let mut l = InitiatorLogin::new(cfg(None), Instant::now(), rng()).unwrap();
@@ -199,14 +263,23 @@ fn failure_status_in_words() {
     let mut r = rsp(&r1, false, Stage::Security, 0, &[]);
     r.status = LoginStatus::NOT_FOUND;
     let e = l.handle_response(r).unwrap_err();
-    assert!(e.to_string().starts_with("target not found (0x0203)"), "{e}");
+    assert!(
+        e.to_string().starts_with("target not found (0x0203)"),
+        "{e}"
+    );
 }
 
 #[test]
 fn redirect() {
     let mut l = InitiatorLogin::new(cfg(None), Instant::now(), rng()).unwrap();
     let r1 = next(&mut l);
-    let mut r = rsp(&r1, false, Stage::Security, 0, &[("TargetAddress", "10.0.0.9:3261,2")]);
+    let mut r = rsp(
+        &r1,
+        false,
+        Stage::Security,
+        0,
+        &[("TargetAddress", "10.0.0.9:3261,2")],
+    );
     r.status = LoginStatus::TARGET_MOVED_TEMPORARILY;
     match l.handle_response(r).unwrap() {
         LoginStep::Redirect { address, permanent } => {
@@ -231,19 +304,34 @@ fn timeout() {
 fn continued_response_text() {
     let mut l = InitiatorLogin::new(cfg(None), Instant::now(), rng()).unwrap();
     let r1 = next(&mut l);
-    l.handle_response(rsp(&r1, true, Stage::Operational, 1, &[("AuthMethod", "None")])).unwrap();
+    l.handle_response(rsp(
+        &r1,
+        true,
+        Stage::Operational,
+        1,
+        &[("AuthMethod", "None")],
+    ))
+    .unwrap();
     let r2 = next(&mut l);
     let all = encode_pairs(&tgt_ops());
     let (a, b) = all.split_at(37);
     let mut p1 = rsp(&r2, false, Stage::Operational, 2, &[]);
     p1.continue_ = true;
     p1.data = Bytes::copy_from_slice(a);
-    assert!(matches!(l.handle_response(p1).unwrap(), LoginStep::Continue));
+    assert!(matches!(
+        l.handle_response(p1).unwrap(),
+        LoginStep::Continue
+    ));
     let r3 = next(&mut l);
-    assert!(!r3.transit && r3.data.is_empty(), "empty request asks for the rest");
+    assert!(
+        !r3.transit && r3.data.is_empty(),
+        "empty request asks for the rest"
+    );
     let mut p2 = rsp(&r3, true, Stage::FullFeature, 3, &[]);
     p2.data = Bytes::copy_from_slice(b);
-    let LoginStep::Complete(out) = l.handle_response(p2).unwrap() else { panic!() };
+    let LoginStep::Complete(out) = l.handle_response(p2).unwrap() else {
+        panic!()
+    };
     assert_eq!(out.params.max_burst_length, 262144);
 }
 
@@ -254,18 +342,28 @@ fn hostile_responses() {
     let r1 = next(&mut l);
     let mut r = rsp(&r1, true, Stage::Operational, 1, &[]);
     r.itt = 99;
-    assert!(l.handle_response(r).unwrap_err().to_string().contains("ITT"));
+    assert!(l
+        .handle_response(r)
+        .unwrap_err()
+        .to_string()
+        .contains("ITT"));
     // Version out of range.
     let mut l = InitiatorLogin::new(cfg(None), Instant::now(), rng()).unwrap();
     let r1 = next(&mut l);
     let mut r = rsp(&r1, true, Stage::Operational, 1, &[]);
     r.version_active = 3;
-    assert!(l.handle_response(r).unwrap_err().to_string().contains("version"));
+    assert!(l
+        .handle_response(r)
+        .unwrap_err()
+        .to_string()
+        .contains("version"));
     // Endless login.
     let mut l = InitiatorLogin::new(cfg(None), Instant::now(), rng()).unwrap();
     let mut sn = 1;
     let err = loop {
-        let Some(Pdu::LoginRequest(req)) = l.poll_transmit() else { panic!() };
+        let Some(Pdu::LoginRequest(req)) = l.poll_transmit() else {
+            panic!()
+        };
         match l.handle_response(rsp(&req, false, req.csg, sn, &[])) {
             Ok(_) => sn += 1,
             Err(e) => break e,
@@ -277,10 +375,23 @@ fn hostile_responses() {
     c.algorithms = vec![ChapAlgorithm::MD5];
     let mut l = InitiatorLogin::new(cfg(Some(c)), Instant::now(), rng()).unwrap();
     let r1 = next(&mut l);
-    l.handle_response(rsp(&r1, false, Stage::Security, 1, &[("AuthMethod", "CHAP")])).unwrap();
+    l.handle_response(rsp(
+        &r1,
+        false,
+        Stage::Security,
+        1,
+        &[("AuthMethod", "CHAP")],
+    ))
+    .unwrap();
     let r2 = next(&mut l);
     let e = l
-        .handle_response(rsp(&r2, false, Stage::Security, 2, &[("CHAP_A", "7"), ("CHAP_I", "1"), ("CHAP_C", "0x00")]))
+        .handle_response(rsp(
+            &r2,
+            false,
+            Stage::Security,
+            2,
+            &[("CHAP_A", "7"), ("CHAP_I", "1"), ("CHAP_C", "0x00")],
+        ))
         .unwrap_err();
     assert!(e.to_string().contains("did not offer"), "{e}");
 }
