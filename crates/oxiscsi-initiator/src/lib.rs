@@ -1,1 +1,26 @@
+//! oxiscsi-initiator: a user-space iSCSI initiator on tokio.
+//!
+//! [`Session::connect`] logs in (following redirects) and spawns a driver task that
+//! owns the socket and the sans-IO [`oxiscsi_proto::session::InitiatorConnection`]. The
+//! [`Session`] handle is cheap to clone; many commands may be in flight at once up to
+//! the queue depth and the target's command window. [`discover`] runs a SendTargets
+//! discovery session.
 
+mod config;
+mod discovery;
+mod driver;
+mod error;
+mod session;
+mod transport;
+mod url;
+
+pub use config::{default_initiator_name, DigestChoice, SessionConfig};
+pub use discovery::{discover, discover_with};
+pub use error::Error;
+pub use oxiscsi_proto as proto;
+pub use oxiscsi_scsi as scsi;
+pub use session::{Session, SessionInfo};
+pub use url::{IscsiUrl, UrlError};
+
+/// A LUN number as used in URLs and the API (single-level addressing).
+pub type LunNumber = u16;

@@ -1,0 +1,7 @@
+//! One module per tool.
+
+pub mod dd;
+pub mod inq;
+pub mod ls;
+pub mod perf;
+pub mod readcap;

@@ -1,0 +1,295 @@
+//! `oxiscsi perf URL [-b BLOCKS] [-m QD] [-t SECONDS] [-r] [--write] [--json]`: the flags
+//! and meaning of libiscsi's iscsi-perf (blocks of the LUN's block size, READ(16)/
+//! WRITE(16), sequential wrapping at the end or random), plus writes, latency percentiles
+//! and client CPU.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use oxiscsi_proto::pdu::ScsiStatus;
+use oxiscsi_scsi::cdb::Cdb;
+use rand::{Rng, RngCore, SeedableRng};
+use serde::Serialize;
+
+use crate::common::{cpu_times, open, CliError, CliResult, CommonOpts};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Blocks per I/O (in the LUN's block size), as iscsi-perf -b.
+    #[arg(short = 'b', long = "blocks", default_value_t = 8)]
+    pub blocks: u32,
+    /// I/Os in flight, as iscsi-perf -m.
+    #[arg(short = 'm', long = "max", default_value_t = 32)]
+    pub max_in_flight: usize,
+    /// Run time in seconds; 0 runs until Ctrl-C, as iscsi-perf -t.
+    #[arg(short = 't', long = "runtime", default_value_t = 0)]
+    pub runtime: u64,
+    /// Random offsets instead of sequential.
+    #[arg(short = 'r', long = "random")]
+    pub random: bool,
+    /// Write instead of read (destroys the LUN's contents).
+    #[arg(long)]
+    pub write: bool,
+    /// iscsi://[user[%password]@]host[:port]/target-iqn/lun
+    pub url: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    iops: f64,
+    mib_per_s: f64,
+    lat_p50_us: f64,
+    lat_p99_us: f64,
+    lat_p999_us: f64,
+    lat_mean_us: f64,
+    lat_max_us: f64,
+    ios: u64,
+    bytes: u64,
+    seconds: f64,
+    errors: u64,
+    cpu_cores: f64,
+    cpu_us_per_io: f64,
+    block_size: u32,
+    blocks_per_io: u32,
+    queue_depth: usize,
+    random: bool,
+    write: bool,
+}
+
+struct Worker {
+    hist: Histogram<u64>,
+    ios: u64,
+    bytes: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
+    if args.blocks == 0 || args.max_in_flight == 0 {
+        return Err(CliError::Usage("-b and -m must be at least 1".into()));
+    }
+    let (session, lun, url) = open(&args.url, opts).await?;
+    let cap = session.read_capacity(lun).await?;
+    let num_blocks = cap.blocks();
+    let bs = cap.block_size;
+    if num_blocks < u64::from(args.blocks) {
+        return Err(CliError::Usage(format!(
+            "the LUN has {num_blocks} blocks, fewer than -b {}",
+            args.blocks
+        )));
+    }
+    let io_bytes = u64::from(args.blocks) * u64::from(bs);
+    if !opts.json {
+        println!("connected to {}", url.redacted());
+        println!(
+            "capacity is {num_blocks} blocks or {} byte ({} MB)",
+            cap.bytes(),
+            cap.bytes() >> 20
+        );
+        println!(
+            "performing {} {} with {} parallel requests",
+            if args.random { "RANDOM" } else { "SEQUENTIAL" },
+            if args.write { "WRITE" } else { "READ" },
+            args.max_in_flight
+        );
+        println!(
+            "FIXED transfer size of {} blocks ({io_bytes} byte)",
+            args.blocks
+        );
+        if args.runtime > 0 {
+            println!("will run for {} seconds.", args.runtime);
+        } else {
+            println!("infinite runtime - press CTRL-C to abort.");
+        }
+    }
+    let payload = {
+        let mut v = vec![0u8; io_bytes as usize];
+        rand::rngs::StdRng::seed_from_u64(0x0c5c_5151).fill_bytes(&mut v);
+        Bytes::from(v)
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let pos = Arc::new(AtomicU64::new(0));
+    let done_ios = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let cpu0 = cpu_times();
+    let mut handles = Vec::new();
+    for w in 0..args.max_in_flight {
+        let (s, stop, pos, done_ios, payload) = (
+            session.clone(),
+            stop.clone(),
+            pos.clone(),
+            done_ios.clone(),
+            payload.clone(),
+        );
+        let (blocks, random, write) = (args.blocks, args.random, args.write);
+        handles.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x9e37_79b9_7f4a_7c15);
+            let mut wk = Worker {
+                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+                ios: 0,
+                bytes: 0,
+                errors: 0,
+                first_error: None,
+            };
+            let span = num_blocks - u64::from(blocks) + 1;
+            while !stop.load(Ordering::Relaxed) {
+                let lba = if random {
+                    rng.gen_range(0..span)
+                } else {
+                    let p = pos.fetch_add(u64::from(blocks), Ordering::Relaxed) % num_blocks;
+                    p.min(span - 1)
+                };
+                let t0 = Instant::now();
+                let r = if write {
+                    let cdb = Cdb::Write16 {
+                        lba,
+                        blocks,
+                        fua: false,
+                        dpo: false,
+                    }
+                    .to_bytes();
+                    s.execute(lun, cdb, payload.clone(), 0).await
+                } else {
+                    let cdb = Cdb::Read16 {
+                        lba,
+                        blocks,
+                        fua: false,
+                        dpo: false,
+                    }
+                    .to_bytes();
+                    s.execute(lun, cdb, Bytes::new(), blocks * bs).await
+                };
+                let ns = t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+                match r {
+                    Ok(res) if res.status == ScsiStatus::GOOD => {
+                        let _ = wk.hist.record(ns.max(1));
+                        wk.ios += 1;
+                        wk.bytes += u64::from(blocks) * u64::from(bs);
+                        done_ios.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(res) => {
+                        wk.errors += 1;
+                        wk.first_error.get_or_insert_with(|| {
+                            let sense = oxiscsi_scsi::Sense::parse(&res.sense)
+                                .map(|s| s.to_string())
+                                .unwrap_or_default();
+                            format!("{} {sense}", res.status)
+                        });
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        wk.errors += 1;
+                        wk.first_error.get_or_insert_with(|| e.to_string());
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            wk
+        }));
+    }
+    // Run until the time is up, Ctrl-C, or a worker stops on an error.
+    let show = !opts.json && std::io::stdout().is_terminal();
+    let deadline = (args.runtime > 0).then(|| start + Duration::from_secs(args.runtime));
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        let tick = tokio::time::sleep(Duration::from_millis(200));
+        tokio::select! {
+            _ = tick => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if show && last.0.elapsed() >= Duration::from_secs(1) {
+            let n = done_ios.load(Ordering::Relaxed);
+            let dt = last.0.elapsed().as_secs_f64();
+            let iops = (n - last.1) as f64 / dt;
+            print!(
+                "\riops current {:.0} ({:.1} MiB/s)        ",
+                iops,
+                iops * io_bytes as f64 / 1048576.0
+            );
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            last = (Instant::now(), n);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Worker {
+        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .expect("static histogram bounds are valid"),
+        ios: 0,
+        bytes: 0,
+        errors: 0,
+        first_error: None,
+    };
+    for h in handles {
+        let w = h
+            .await
+            .map_err(|e| CliError::Io(format!("worker failed: {e}")))?;
+        let _ = total.hist.add(&w.hist);
+        total.ios += w.ios;
+        total.bytes += w.bytes;
+        total.errors += w.errors;
+        if total.first_error.is_none() {
+            total.first_error = w.first_error;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-6);
+    let cpu1 = cpu_times();
+    let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
+    let _ = session.logout().await;
+    let us = |q: f64| total.hist.value_at_quantile(q) as f64 / 1000.0;
+    let report = Report {
+        iops: total.ios as f64 / secs,
+        mib_per_s: total.bytes as f64 / secs / 1048576.0,
+        lat_p50_us: us(0.5),
+        lat_p99_us: us(0.99),
+        lat_p999_us: us(0.999),
+        lat_mean_us: total.hist.mean() / 1000.0,
+        lat_max_us: total.hist.max() as f64 / 1000.0,
+        ios: total.ios,
+        bytes: total.bytes,
+        seconds: secs,
+        errors: total.errors,
+        cpu_cores: cpu / secs,
+        cpu_us_per_io: if total.ios > 0 {
+            cpu * 1e6 / total.ios as f64
+        } else {
+            0.0
+        },
+        block_size: bs,
+        blocks_per_io: args.blocks,
+        queue_depth: args.max_in_flight,
+        random: args.random,
+        write: args.write,
+    };
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| CliError::Io(e.to_string()))?
+        );
+    } else {
+        if show {
+            println!();
+        }
+        println!(
+            "iops average {:.0} ({:.1} MiB/s), latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, \
+             client CPU {:.2} cores ({:.1} us per I/O)",
+            report.iops, report.mib_per_s, report.lat_p50_us, report.lat_p99_us, report.lat_p999_us,
+            report.cpu_cores, report.cpu_us_per_io
+        );
+    }
+    if let Some(e) = total.first_error {
+        return Err(CliError::Io(format!(
+            "I/O failed after {} good I/Os: {e}",
+            total.ios
+        )));
+    }
+    Ok(())
+}

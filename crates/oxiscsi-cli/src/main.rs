@@ -1,0 +1,87 @@
+//! `oxiscsi`: libiscsi-style iSCSI tools (ls, inq, readcap, dd, perf) on the oxiscsi
+//! initiator. Thin over the libraries: argument parsing, output and exit codes here,
+//! everything else in `oxiscsi-initiator`.
+
+mod cmd;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::common::{exit_code, CommonOpts};
+
+#[derive(Parser)]
+#[command(
+    name = "oxiscsi",
+    version,
+    about = "User-space iSCSI tools: discovery, inquiry, capacity, copy and load generation",
+    after_help = "URLs: iscsi://[user[%password]@]host[:port]/target-iqn/lun  (IPv6 as [::1])\n\
+                  Secrets may come from OXISCSI_CHAP_PASSWORD, and for mutual CHAP from\n\
+                  OXISCSI_TARGET_CHAP_USER / OXISCSI_TARGET_CHAP_PASSWORD.\n\
+                  Exit codes: 0 ok, 1 I/O or short transfer, 2 usage, 3 connection,\n\
+                  4 login/authentication, 5 SCSI error."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List targets, portals and (with -s) LUNs with type and size.
+    Ls(cmd::ls::Args),
+    /// Standard INQUIRY, or a VPD page with --page.
+    Inq(cmd::inq::Args),
+    /// READ CAPACITY: block size, block count and size.
+    Readcap(cmd::readcap::Args),
+    /// Copy between files, stdin/stdout and LUNs.
+    Dd(cmd::dd::Args),
+    /// Load generator in the manner of iscsi-perf (reads, or writes with --write).
+    Perf(cmd::perf::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                common::EXIT_USAGE
+            } else {
+                0
+            });
+        }
+    };
+    common::init_tracing(cli.common.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("oxiscsi: cannot start the async runtime: {e}");
+            return ExitCode::from(common::EXIT_IO);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Ls(a) => cmd::ls::run(&cli.common, a).await,
+            Command::Inq(a) => cmd::inq::run(&cli.common, a).await,
+            Command::Readcap(a) => cmd::readcap::run(&cli.common, a).await,
+            Command::Dd(a) => cmd::dd::run(&cli.common, a).await,
+            Command::Perf(a) => cmd::perf::run(&cli.common, a).await,
+        }
+    });
+    // Do not wait for sessions still logging out in the background.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("oxiscsi: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The connection driver: a loop that reads the socket, feeds the core, writes what it
+//! polls and sleeps until its deadline (STYLE §3). No protocol decision is made here.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use oxiscsi_proto::pdu::{Framer, Lun, TmfFunction, TmfResponse};
+use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use crate::error::Error;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+pub(crate) enum Request {
+    Command {
+        cmd: Command,
+        reply: Reply<ScsiResult>,
+        permit: OwnedSemaphorePermit,
+    },
+    Tmf {
+        function: TmfFunction,
+        lun: Lun,
+        referenced: Option<TaskId>,
+        reply: Reply<TmfResponse>,
+    },
+    Text {
+        pairs: Vec<(String, String)>,
+        reply: Reply<Vec<(String, String)>>,
+    },
+    Logout {
+        reply: Reply<()>,
+    },
+}
+
+enum Waiter {
+    Command(Reply<ScsiResult>, OwnedSemaphorePermit),
+    Tmf(Reply<TmfResponse>),
+    Text(Reply<Vec<(String, String)>>),
+}
+
+/// Shared state the handle reads.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Why the session ended, once it has.
+    pub closed: Option<String>,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+const MAX_IOV: usize = 64;
+
+pub(crate) async fn run(
+    mut conn: InitiatorConnection,
+    stream: TcpStream,
+    mut inbuf: BytesMut,
+    mut rx: mpsc::Receiver<Request>,
+    shared: Arc<Mutex<Shared>>,
+    portal: String,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let framer: Framer = conn.rx_framer();
+    let (hd, dd) = conn.tx_digests();
+    let mut outq: VecDeque<Bytes> = VecDeque::new();
+    let mut waiters: HashMap<TaskId, Waiter> = HashMap::new();
+    let mut logout_waiters: Vec<Reply<()>> = Vec::new();
+    let mut failure: Option<String> = None;
+    let mut accepting = true;
+    // Bytes that arrived with the final Login Response.
+    feed(&mut conn, &framer, &mut inbuf);
+    loop {
+        while let Some(pdu) = conn.poll_transmit() {
+            let enc = Framer::encode(&pdu, hd, dd);
+            outq.push_back(enc.head.clone());
+            if !enc.data.is_empty() {
+                outq.push_back(enc.data.clone());
+            }
+            if !enc.tail().is_empty() {
+                outq.push_back(Bytes::copy_from_slice(enc.tail()));
+            }
+        }
+        while let Some(ev) = conn.poll_event() {
+            match ev {
+                Event::Completed { id, result } => {
+                    if let Some(Waiter::Command(reply, permit)) = waiters.remove(&id) {
+                        let _ = reply.send(result.map_err(Error::Task));
+                        drop(permit);
+                    }
+                }
+                Event::TmfCompleted { id, response } => {
+                    if let Some(Waiter::Tmf(reply)) = waiters.remove(&id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Event::TextCompleted { id, result } => {
+                    if let Some(Waiter::Text(reply)) = waiters.remove(&id) {
+                        let _ = reply.send(result.map_err(Error::Task));
+                    }
+                }
+                Event::Async {
+                    event, lun, sense, ..
+                } => {
+                    tracing::info!(%event, ?lun, sense_len = sense.len(), "asynchronous event from target");
+                }
+                Event::LogoutRequested { within } => {
+                    tracing::warn!(?within, "target requested logout; draining and logging out");
+                }
+                Event::LoggedOut {
+                    response,
+                    time2wait,
+                    ..
+                } => {
+                    tracing::info!(%response, time2wait, "logged out");
+                    for r in logout_waiters.drain(..) {
+                        let _ = r.send(Ok(()));
+                    }
+                    failure.get_or_insert_with(|| "logged out".to_string());
+                }
+                Event::Failed(e) => {
+                    tracing::warn!(error = %e, "connection failed");
+                    failure = Some(format!("connection to {portal} failed: {e}"));
+                }
+            }
+        }
+        if conn.is_closed() {
+            // Flush what is queued (a final NOP answer, say) without waiting long.
+            if !outq.is_empty() {
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+                    while let Some(b) = outq.pop_front() {
+                        if wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            break;
+        }
+        let deadline = conn.poll_timeout();
+        let sleep_until = deadline.map(tokio::time::Instant::from_std);
+        if inbuf.capacity() - inbuf.len() < 16 * 1024 {
+            inbuf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut inbuf) => match r {
+                Ok(0) => conn.handle_closed("the target closed the TCP connection"),
+                Ok(_) => feed(&mut conn, &framer, &mut inbuf),
+                Err(e) => conn.handle_closed(&format!("read error: {e}")),
+            },
+            w = write_some(&mut wr, &outq), if !outq.is_empty() => match w {
+                Ok(n) => advance(&mut outq, n),
+                Err(e) => conn.handle_closed(&format!("write error: {e}")),
+            },
+            req = rx.recv(), if accepting => match req {
+                Some(req) => submit(&mut conn, req, &mut waiters, &mut logout_waiters),
+                None => {
+                    // Every handle is gone: log out cleanly.
+                    accepting = false;
+                    conn.logout(Instant::now());
+                }
+            },
+            _ = sleep_opt(sleep_until), if sleep_until.is_some() => conn.handle_timeout(Instant::now()),
+        }
+    }
+    let reason = failure.unwrap_or_else(|| "connection closed".into());
+    if let Ok(mut s) = shared.lock() {
+        s.closed = Some(reason.clone());
+    }
+    for (_, w) in waiters.drain() {
+        let e = || Error::Closed(reason.clone());
+        match w {
+            Waiter::Command(r, _) => {
+                let _ = r.send(Err(e()));
+            }
+            Waiter::Tmf(r) => {
+                let _ = r.send(Err(e()));
+            }
+            Waiter::Text(r) => {
+                let _ = r.send(Err(e()));
+            }
+        }
+    }
+    for r in logout_waiters.drain(..) {
+        let _ = r.send(Err(Error::Closed(reason.clone())));
+    }
+    rx.close();
+    while let Ok(req) = rx.try_recv() {
+        reject(req, &reason);
+    }
+}
+
+fn reject(req: Request, reason: &str) {
+    let e = || Error::Closed(reason.to_string());
+    match req {
+        Request::Command { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Request::Tmf { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Request::Text { reply, .. } => {
+            let _ = reply.send(Err(e()));
+        }
+        Request::Logout { reply } => {
+            let _ = reply.send(Ok(()));
+        }
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn feed(conn: &mut InitiatorConnection, framer: &Framer, inbuf: &mut BytesMut) {
+    let now = Instant::now();
+    loop {
+        if conn.is_closed() {
+            return;
+        }
+        match framer.decode(inbuf) {
+            Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
+            Ok(None) => return,
+            Err(e) => {
+                conn.handle_frame_error(e);
+                return;
+            }
+        }
+    }
+}
+
+fn submit(
+    conn: &mut InitiatorConnection,
+    req: Request,
+    waiters: &mut HashMap<TaskId, Waiter>,
+    logout_waiters: &mut Vec<Reply<()>>,
+) {
+    let now = Instant::now();
+    match req {
+        Request::Command { cmd, reply, permit } => match conn.submit(now, cmd) {
+            Ok(id) => {
+                waiters.insert(id, Waiter::Command(reply, permit));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Task(e)));
+            }
+        },
+        Request::Tmf {
+            function,
+            lun,
+            referenced,
+            reply,
+        } => match conn.submit_tmf(now, function, lun, referenced) {
+            Ok(id) => {
+                waiters.insert(id, Waiter::Tmf(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Task(e)));
+            }
+        },
+        Request::Text { pairs, reply } => match conn.send_text(now, &pairs) {
+            Ok(id) => {
+                waiters.insert(id, Waiter::Text(reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Task(e)));
+            }
+        },
+        Request::Logout { reply } => {
+            logout_waiters.push(reply);
+            conn.logout(now);
+        }
+    }
+}
+
+async fn write_some(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    outq: &VecDeque<Bytes>,
+) -> std::io::Result<usize> {
+    let slices: Vec<IoSlice<'_>> = outq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+    let n = wr.write_vectored(&slices).await?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "socket accepted no bytes",
+        ));
+    }
+    Ok(n)
+}
+
+fn advance(outq: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = outq.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            outq.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}
+
+/// The error callers get once the driver has ended.
+pub(crate) fn closed_error(shared: &Mutex<Shared>) -> Error {
+    let why = shared
+        .lock()
+        .ok()
+        .and_then(|s| s.closed.clone())
+        .unwrap_or_else(|| "session ended".into());
+    Error::Closed(why)
+}

@@ -1,0 +1,499 @@
+//! The [`Session`] handle: SCSI commands over one logged-in connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use oxiscsi_proto::login::{ChapAlgorithm, SessionType};
+use oxiscsi_proto::pdu::{Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
+use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult, TaskId};
+use oxiscsi_proto::text::OperationalParams;
+use oxiscsi_scsi::cdb::{unmap_parameter_list, Cdb};
+use oxiscsi_scsi::data::{lun_number, parse_report_luns, Capacity, StandardInquiry};
+use oxiscsi_scsi::{Sense, SenseKey};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
+
+use crate::config::SessionConfig;
+use crate::driver::{self, Request, Shared};
+use crate::error::Error;
+use crate::transport;
+
+/// What a session negotiated and where it runs.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub target: String,
+    pub portal: String,
+    pub initiator_name: String,
+    pub isid: Isid,
+    pub tsih: u16,
+    pub params: OperationalParams,
+    pub chap: Option<ChapAlgorithm>,
+    pub mutual_chap: bool,
+    pub queue_depth: usize,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Request>,
+    sem: Arc<Semaphore>,
+    info: SessionInfo,
+    shared: Arc<Mutex<Shared>>,
+    block_sizes: Mutex<HashMap<u16, u32>>,
+}
+
+/// A logged-in iSCSI session (one connection, ErrorRecoveryLevel 0). Clone it to issue
+/// commands from several tasks; dropping every clone logs out.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("target", &self.inner.info.target)
+            .field("portal", &self.inner.info.portal)
+            .field("isid", &self.inner.info.isid)
+            .field("tsih", &self.inner.info.tsih)
+            .finish()
+    }
+}
+
+/// Retries for UNIT ATTENTION, which a target reports once after login or reset.
+const UA_RETRIES: usize = 3;
+
+impl Session {
+    /// Connect and log in to `cfg.target` at `cfg.portal`.
+    pub async fn connect(cfg: SessionConfig) -> Result<Session, Error> {
+        Self::open(cfg, SessionType::Normal).await
+    }
+
+    pub(crate) async fn open(cfg: SessionConfig, st: SessionType) -> Result<Session, Error> {
+        cfg.validate().map_err(Error::Config)?;
+        let isid = transport::new_isid();
+        let li = transport::login(&cfg, st, isid).await?;
+        let outcome = li.outcome;
+        let info = SessionInfo {
+            target: if st == SessionType::Discovery {
+                String::new()
+            } else {
+                cfg.target.clone()
+            },
+            portal: li.portal.clone(),
+            initiator_name: cfg.initiator_name.clone(),
+            isid,
+            tsih: outcome.tsih,
+            params: outcome.params.clone(),
+            chap: outcome.chap,
+            mutual_chap: outcome.mutual,
+            queue_depth: cfg.connection.queue_depth,
+        };
+        let span = tracing::info_span!(
+            "session",
+            isid = %isid,
+            tsih = outcome.tsih,
+            target = %info.target,
+            portal = %info.portal,
+        );
+        span.in_scope(|| tracing::info!(params = ?outcome.params, "logged in"));
+        let conn =
+            InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
+        let (tx, rx) = mpsc::channel(cfg.connection.queue_depth.max(1) * 2);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(
+            driver::run(
+                conn,
+                li.stream,
+                li.leftover,
+                rx,
+                shared.clone(),
+                li.portal.clone(),
+            )
+            .instrument(span),
+        );
+        Ok(Session {
+            inner: Arc::new(Inner {
+                tx,
+                sem: Arc::new(Semaphore::new(cfg.connection.queue_depth)),
+                info,
+                shared,
+                block_sizes: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &SessionInfo {
+        &self.inner.info
+    }
+
+    /// Why the session ended, if it has.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.inner.shared.lock().ok().and_then(|s| s.closed.clone())
+    }
+
+    /// Run a raw command and return its outcome whatever the SCSI status.
+    /// Cancellation-safe: dropping the future leaves the session consistent (the command
+    /// still completes at the target and its queue slot is released then).
+    pub async fn execute(
+        &self,
+        lun: u16,
+        cdb: impl Into<Bytes>,
+        data_out: Bytes,
+        read_len: u32,
+    ) -> Result<ScsiResult, Error> {
+        let cmd = Command::new(Lun::from_number(lun), cdb)
+            .with_data_out(data_out)
+            .with_read(read_len);
+        self.submit(cmd).await
+    }
+
+    async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
+        let permit = self
+            .inner
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Command { cmd, reply, permit })
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        rx.await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?
+    }
+
+    /// Run a command; a status other than GOOD becomes [`Error::Scsi`] with decoded
+    /// sense. UNIT ATTENTION is retried a few times, as the SCSI midlayer does.
+    pub async fn execute_checked(
+        &self,
+        lun: u16,
+        cdb: impl Into<Bytes>,
+        data_out: Bytes,
+        read_len: u32,
+    ) -> Result<ScsiResult, Error> {
+        let cdb = cdb.into();
+        let mut tries = 0;
+        loop {
+            let r = self
+                .execute(lun, cdb.clone(), data_out.clone(), read_len)
+                .await?;
+            if r.status == ScsiStatus::GOOD || r.status == ScsiStatus::CONDITION_MET {
+                return Ok(r);
+            }
+            let sense = if r.sense.is_empty() {
+                None
+            } else {
+                Sense::parse(&r.sense).ok()
+            };
+            if r.status == ScsiStatus::CHECK_CONDITION
+                && sense
+                    .as_ref()
+                    .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION)
+                && tries < UA_RETRIES
+            {
+                tries += 1;
+                tracing::debug!(sense = %sense.as_ref().map(|s| s.to_string()).unwrap_or_default(), "unit attention; retrying");
+                continue;
+            }
+            if (r.status == ScsiStatus::BUSY || r.status == ScsiStatus::TASK_SET_FULL)
+                && tries < UA_RETRIES
+            {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 << tries)).await;
+                continue;
+            }
+            return Err(Error::Scsi {
+                status: r.status,
+                sense,
+            });
+        }
+    }
+
+    /// Standard INQUIRY.
+    pub async fn inquiry(&self, lun: u16) -> Result<StandardInquiry, Error> {
+        let r = self
+            .execute_checked(
+                lun,
+                Cdb::Inquiry {
+                    evpd: false,
+                    page: 0,
+                    alloc: 255,
+                }
+                .to_bytes(),
+                Bytes::new(),
+                255,
+            )
+            .await?;
+        StandardInquiry::parse(&r.data).map_err(|e| Error::BadData(e.to_string()))
+    }
+
+    /// A VPD page's raw bytes (header included).
+    pub async fn inquiry_vpd(&self, lun: u16, page: u8) -> Result<Bytes, Error> {
+        let alloc = 4096u16;
+        let cdb = Cdb::Inquiry {
+            evpd: true,
+            page,
+            alloc,
+        }
+        .to_bytes();
+        let r = self
+            .execute_checked(lun, cdb, Bytes::new(), u32::from(alloc))
+            .await?;
+        if r.data.len() >= 2 && r.data[1] != page {
+            return Err(Error::BadData(format!(
+                "asked for VPD page 0x{page:02x}, got 0x{:02x}",
+                r.data[1]
+            )));
+        }
+        Ok(r.data)
+    }
+
+    /// READ CAPACITY(16), falling back to (10) when the target does not support it.
+    pub async fn read_capacity(&self, lun: u16) -> Result<Capacity, Error> {
+        let cap = match self
+            .execute_checked(
+                lun,
+                Cdb::ReadCapacity16 { alloc: 32 }.to_bytes(),
+                Bytes::new(),
+                32,
+            )
+            .await
+        {
+            Ok(r) => Capacity::parse16(&r.data).map_err(|e| Error::BadData(e.to_string()))?,
+            Err(Error::Scsi { sense: Some(s), .. }) if s.key == SenseKey::ILLEGAL_REQUEST => {
+                let r = self
+                    .execute_checked(lun, Cdb::ReadCapacity10.to_bytes(), Bytes::new(), 8)
+                    .await?;
+                Capacity::parse10(&r.data).map_err(|e| Error::BadData(e.to_string()))?
+            }
+            Err(e) => return Err(e),
+        };
+        if cap.block_size == 0 || cap.block_size > (1 << 20) {
+            return Err(Error::BadData(format!(
+                "block size {} reported for LUN {lun}",
+                cap.block_size
+            )));
+        }
+        if let Ok(mut m) = self.inner.block_sizes.lock() {
+            m.insert(lun, cap.block_size);
+        }
+        Ok(cap)
+    }
+
+    /// LUN numbers from REPORT LUNS (LUN 0 addresses the target).
+    pub async fn report_luns(&self) -> Result<Vec<u16>, Error> {
+        let mut alloc = 1024u32;
+        loop {
+            let r = self
+                .execute_checked(
+                    0,
+                    Cdb::ReportLuns {
+                        select_report: 0,
+                        alloc,
+                    }
+                    .to_bytes(),
+                    Bytes::new(),
+                    alloc,
+                )
+                .await?;
+            let (luns, list_len) =
+                parse_report_luns(&r.data).map_err(|e| Error::BadData(e.to_string()))?;
+            if u64::from(list_len) + 8 > u64::from(alloc) && alloc < (1 << 20) {
+                alloc = (list_len + 8).min(1 << 20);
+                continue;
+            }
+            let mut v: Vec<u16> = luns.into_iter().filter_map(lun_number).collect();
+            v.sort_unstable();
+            v.dedup();
+            return Ok(v);
+        }
+    }
+
+    pub async fn test_unit_ready(&self, lun: u16) -> Result<(), Error> {
+        self.execute_checked(lun, Cdb::TestUnitReady.to_bytes(), Bytes::new(), 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// The LUN's block size (READ CAPACITY on first use).
+    pub async fn block_size(&self, lun: u16) -> Result<u32, Error> {
+        if let Some(bs) = self
+            .inner
+            .block_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&lun).copied())
+        {
+            return Ok(bs);
+        }
+        Ok(self.read_capacity(lun).await?.block_size)
+    }
+
+    /// Read `blocks` blocks at `lba`. A short transfer is an error.
+    pub async fn read(&self, lun: u16, lba: u64, blocks: u32) -> Result<Bytes, Error> {
+        let bs = self.block_size(lun).await?;
+        let len = u64::from(blocks) * u64::from(bs);
+        let len = u32::try_from(len)
+            .map_err(|_| Error::Config(format!("read of {len} bytes is too large")))?;
+        let r = self
+            .execute_checked(lun, Cdb::read(lba, blocks).to_bytes(), Bytes::new(), len)
+            .await?;
+        if r.data.len() != len as usize {
+            return Err(Error::BadData(format!(
+                "short read at LBA {lba}: {} of {len} bytes (residual {:?})",
+                r.data.len(),
+                r.residual
+            )));
+        }
+        Ok(r.data)
+    }
+
+    /// Write `data` (a whole number of blocks) at `lba`.
+    pub async fn write(&self, lun: u16, lba: u64, data: Bytes) -> Result<(), Error> {
+        self.write_opts(lun, lba, data, false).await
+    }
+
+    /// Write with FUA (force unit access) when `fua` is set.
+    pub async fn write_opts(
+        &self,
+        lun: u16,
+        lba: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), Error> {
+        let bs = self.block_size(lun).await?;
+        if data.is_empty() || !data.len().is_multiple_of(bs as usize) {
+            return Err(Error::Config(format!(
+                "write of {} bytes is not a whole number of {bs}-byte blocks",
+                data.len()
+            )));
+        }
+        let blocks = u32::try_from(data.len() / bs as usize)
+            .map_err(|_| Error::Config(format!("write of {} bytes is too large", data.len())))?;
+        let r = self
+            .execute_checked(lun, Cdb::write(lba, blocks, fua).to_bytes(), data, 0)
+            .await?;
+        if let oxiscsi_proto::session::Residual::Underflow(n) = r.residual {
+            if n > 0 {
+                return Err(Error::BadData(format!(
+                    "short write at LBA {lba}: target took {n} bytes fewer"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// SYNCHRONIZE CACHE over the whole LUN.
+    pub async fn flush(&self, lun: u16) -> Result<(), Error> {
+        let cdb = Cdb::SynchronizeCache10 {
+            lba: 0,
+            blocks: 0,
+            immed: false,
+        }
+        .to_bytes();
+        self.execute_checked(lun, cdb, Bytes::new(), 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// UNMAP the given (LBA, blocks) ranges.
+    pub async fn unmap(&self, lun: u16, ranges: &[(u64, u32)]) -> Result<(), Error> {
+        let params = unmap_parameter_list(ranges);
+        let len = u16::try_from(params.len())
+            .map_err(|_| Error::Config("too many UNMAP ranges".into()))?;
+        let cdb = Cdb::Unmap {
+            anchor: false,
+            param_len: len,
+        }
+        .to_bytes();
+        self.execute_checked(lun, cdb, Bytes::from(params), 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// WRITE SAME(16) of one block's `pattern` over `blocks` blocks, optionally unmapping.
+    pub async fn write_same(
+        &self,
+        lun: u16,
+        lba: u64,
+        blocks: u32,
+        pattern: Bytes,
+        unmap: bool,
+    ) -> Result<(), Error> {
+        let cdb = Cdb::WriteSame16 {
+            lba,
+            blocks,
+            unmap,
+            anchor: false,
+            ndob: false,
+        }
+        .to_bytes();
+        self.execute_checked(lun, cdb, pattern, 0).await.map(|_| ())
+    }
+
+    /// MODE SENSE(10) of a page (0x3f for all), current values.
+    pub async fn mode_sense(&self, lun: u16, page: u8) -> Result<Bytes, Error> {
+        let cdb = Cdb::ModeSense10 {
+            llbaa: false,
+            dbd: true,
+            pc: 0,
+            page,
+            subpage: 0,
+            alloc: 4096,
+        }
+        .to_bytes();
+        Ok(self
+            .execute_checked(lun, cdb, Bytes::new(), 4096)
+            .await?
+            .data)
+    }
+
+    /// A task management function (ABORT TASK needs `referenced`).
+    pub async fn task_management(
+        &self,
+        function: TmfFunction,
+        lun: u16,
+        referenced: Option<TaskId>,
+    ) -> Result<TmfResponse, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Tmf {
+                function,
+                lun: Lun::from_number(lun),
+                referenced,
+                reply,
+            })
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        rx.await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?
+    }
+
+    /// A text exchange in the full feature phase.
+    pub async fn text(&self, pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Text { pairs, reply })
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        rx.await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?
+    }
+
+    /// Log out after in-flight commands finish.
+    pub async fn logout(&self) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.tx.send(Request::Logout { reply }).await.is_err() {
+            return Ok(());
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+}
