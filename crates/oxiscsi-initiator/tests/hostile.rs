@@ -1,0 +1,449 @@
+//! A hostile target: a small scripted fake that logs in properly and then breaks one rule.
+//! Each case must give a clear error naming the PDU and the RFC rule, no panic, no hang
+//! past the login timeout, and no task left waiting.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use oxiscsi_initiator::proto::pdu::*;
+use oxiscsi_initiator::proto::text::{encode_pairs, parse_pairs, Negotiator, Role};
+use oxiscsi_initiator::proto::{Digest, SerialNumber};
+use oxiscsi_initiator::{DigestChoice, Error, Session, SessionConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the fake does once the first SCSI command arrives.
+#[derive(Clone, Copy, Debug)]
+enum Misbehave {
+    /// Data-In with S set and F clear (§11.7.1).
+    MalformedBhs,
+    /// A BHS announcing the largest data segment the field holds (16 MiB - 1).
+    OversizedSegment,
+    /// Data-In whose data digest is wrong.
+    BadDataDigest,
+    /// SCSI Response for a task tag we never used.
+    UnknownItt,
+    /// SCSI Response whose StatSN skips ahead.
+    StatSnJump,
+    /// Half a BHS, then silence with the connection open.
+    Stall,
+    /// A well-behaved answer (control case).
+    Nothing,
+}
+
+struct Fake {
+    sock: TcpStream,
+    buf: BytesMut,
+    rx: Framer,
+    tx: (Digest, Digest),
+    stat_sn: u32,
+}
+
+impl Fake {
+    async fn recv(&mut self) -> Option<Pdu> {
+        loop {
+            if let Ok(Some(p)) = self.rx.decode(&mut self.buf) {
+                return Some(p);
+            }
+            if self.sock.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn send(&mut self, p: &Pdu) {
+        let _ = self
+            .sock
+            .write_all(&Framer::encode(p, self.tx.0, self.tx.1).to_vec())
+            .await;
+    }
+
+    async fn send_raw(&mut self, b: &[u8]) {
+        let _ = self.sock.write_all(b).await;
+    }
+
+    /// Answer the login with the same negotiation rules a target uses; `digests` makes
+    /// the fake require CRC32C data digests.
+    async fn login(&mut self, data_digest: bool) -> Option<()> {
+        let local = vec![
+            ("MaxRecvDataSegmentLength", "8192".to_string()),
+            (
+                "DataDigest",
+                if data_digest { "CRC32C" } else { "None" }.to_string(),
+            ),
+        ];
+        let mut neg = Negotiator::new(Role::Target, false, &local);
+        loop {
+            let Pdu::LoginRequest(req) = self.recv().await? else {
+                return None;
+            };
+            let pairs = parse_pairs(&req.data).ok()?;
+            let ops: Vec<(String, String)> = pairs
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "InitiatorName" | "SessionType" | "TargetName" | "AuthMethod"
+                    )
+                })
+                .cloned()
+                .collect();
+            let mut reply = neg.handle(&ops).ok()?;
+            if req.csg == Stage::Security {
+                reply.push(("AuthMethod".into(), "None".into()));
+            } else {
+                reply.extend(neg.offer(&["MaxRecvDataSegmentLength"]));
+            }
+            let done = req.transit && req.nsg == Stage::FullFeature;
+            let rsp = LoginResponse {
+                transit: req.transit,
+                continue_: false,
+                csg: req.csg,
+                nsg: req.nsg,
+                version_max: 0,
+                version_active: 0,
+                isid: req.isid,
+                tsih: if done { 9 } else { 0 },
+                itt: req.itt,
+                stat_sn: SerialNumber(self.stat_sn),
+                exp_cmd_sn: req.cmd_sn,
+                max_cmd_sn: req.cmd_sn.plus(31),
+                status: LoginStatus::SUCCESS,
+                data: Bytes::from(encode_pairs(&reply)),
+            };
+            self.stat_sn += 1;
+            self.send(&Pdu::LoginResponse(rsp)).await;
+            if done {
+                let p = neg.params();
+                self.rx = Framer {
+                    header_digest: p.header_digest,
+                    data_digest: p.data_digest,
+                    max_recv_data_segment: 8192,
+                };
+                self.tx = (p.header_digest, p.data_digest);
+                return Some(());
+            }
+        }
+    }
+}
+
+async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = l.local_addr().unwrap().to_string();
+    let h = tokio::spawn(async move {
+        let Ok((sock, _)) = l.accept().await else {
+            return;
+        };
+        let mut f = Fake {
+            sock,
+            buf: BytesMut::new(),
+            rx: Framer::default(),
+            tx: (Digest::None, Digest::None),
+            stat_sn: 100,
+        };
+        if f.login(data_digest).await.is_none() {
+            return;
+        }
+        while let Some(p) = f.recv().await {
+            let Pdu::ScsiCommand(c) = p else { continue };
+            let di = |f: &Fake, data: Bytes| DataIn {
+                final_: true,
+                ack: false,
+                overflow: false,
+                underflow: false,
+                status_present: true,
+                status: ScsiStatus::GOOD,
+                lun: c.lun,
+                itt: c.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: SerialNumber(f.stat_sn),
+                exp_cmd_sn: c.cmd_sn.next(),
+                max_cmd_sn: c.cmd_sn.plus(32),
+                data_sn: 0,
+                buffer_offset: 0,
+                residual_count: 0,
+                data,
+            };
+            let resp = |f: &Fake, itt: u32, stat_sn: u32| ScsiResponse {
+                bidi_overflow: false,
+                bidi_underflow: false,
+                overflow: false,
+                underflow: false,
+                response: ServiceResponse::COMPLETED,
+                status: ScsiStatus::GOOD,
+                itt,
+                snack_tag: 0,
+                stat_sn: SerialNumber(stat_sn),
+                exp_cmd_sn: c.cmd_sn.next(),
+                max_cmd_sn: c.cmd_sn.plus(32),
+                exp_data_sn: 0,
+                bidi_read_residual_count: 0,
+                residual_count: 0,
+                data: Bytes::new(),
+            };
+            let len = c.expected_data_transfer_length as usize;
+            match how {
+                Misbehave::Nothing => {
+                    let d = di(&f, Bytes::from(vec![0xabu8; len]));
+                    f.stat_sn += 1;
+                    f.send(&Pdu::DataIn(d)).await;
+                }
+                Misbehave::MalformedBhs => {
+                    let mut d = di(&f, Bytes::from(vec![0u8; len]));
+                    d.final_ = true;
+                    let mut wire = Framer::encode(&Pdu::DataIn(d), f.tx.0, f.tx.1).to_vec();
+                    wire[1] &= !0x80; // clear F, keep S
+                    f.send_raw(&wire).await;
+                }
+                Misbehave::OversizedSegment => {
+                    let mut bhs = [0u8; 48];
+                    Pdu::DataIn(di(&f, Bytes::new())).encode_bhs(&mut bhs);
+                    bhs[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+                    f.send_raw(&bhs).await;
+                }
+                Misbehave::BadDataDigest => {
+                    let d = di(&f, Bytes::from(vec![1u8; len]));
+                    let mut wire = Framer::encode(&Pdu::DataIn(d), f.tx.0, f.tx.1).to_vec();
+                    let n = wire.len();
+                    wire[n - 1] ^= 0x5a;
+                    f.send_raw(&wire).await;
+                }
+                Misbehave::Stall => {
+                    f.send_raw(&[0x25u8; 20]).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Misbehave::UnknownItt => {
+                    let r = resp(&f, 0xdead_beef, f.stat_sn);
+                    f.send(&Pdu::ScsiResponse(r)).await;
+                }
+                Misbehave::StatSnJump => {
+                    let r = resp(&f, c.itt, f.stat_sn + 5);
+                    f.send(&Pdu::ScsiResponse(r)).await;
+                }
+            }
+        }
+    });
+    (portal, h)
+}
+
+fn config(portal: &str) -> SessionConfig {
+    let mut c = SessionConfig::new(portal, "iqn.2026-11.test:fake");
+    c.initiator_name = "iqn.2026-11.test:hostile".into();
+    c.login_timeout = Duration::from_secs(3);
+    c
+}
+
+/// Run a read of 8 KiB against the fake and return the error, after checking that every
+/// other command in flight also ended and the session refuses new work.
+async fn provoke(how: Misbehave, digest: bool) -> Error {
+    let (portal, fake) = fake_target(how, digest).await;
+    let mut cfg = config(&portal);
+    if digest {
+        cfg.data_digest = DigestChoice::Crc32c;
+    }
+    let s = Session::connect(cfg)
+        .await
+        .expect("the fake's login is well-formed");
+    let t0 = Instant::now();
+    let bystanders: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.execute(
+                    0,
+                    vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+                    Bytes::new(),
+                    8192,
+                )
+                .await
+            })
+        })
+        .collect();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        s.execute(
+            0,
+            vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            Bytes::new(),
+            8192,
+        ),
+    )
+    .await
+    .expect("no hang: the command must end");
+    for b in bystanders {
+        // Every command in flight ends too (with the same failure or, if it was answered
+        // first, successfully) — none is left waiting.
+        let _ = tokio::time::timeout(Duration::from_secs(10), b)
+            .await
+            .expect("no task left waiting");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let after = tokio::time::timeout(
+        Duration::from_secs(5),
+        s.execute(0, vec![0u8; 6], Bytes::new(), 0),
+    )
+    .await
+    .expect("a closed session answers at once");
+    assert!(
+        after.is_err(),
+        "the session must be closed after a protocol violation"
+    );
+    fake.abort();
+    match r {
+        Err(e) => e,
+        Ok(ok) if matches!(how, Misbehave::StatSnJump | Misbehave::UnknownItt) => {
+            // The violating PDU may follow a good completion of this command.
+            panic!("expected a failure, got {ok:?}")
+        }
+        Ok(ok) => panic!("expected a failure, got {ok:?}"),
+    }
+}
+
+fn assert_names(e: &Error, pdu: &str, rule: &str) {
+    let msg = e.to_string();
+    assert!(
+        msg.contains(pdu),
+        "error should name the PDU {pdu:?}: {msg}"
+    );
+    assert!(msg.contains(rule), "error should cite {rule}: {msg}");
+}
+
+#[tokio::test]
+async fn well_behaved_fake_works() {
+    let (portal, fake) = fake_target(Misbehave::Nothing, false).await;
+    let s = Session::connect(config(&portal)).await.unwrap();
+    let r = s
+        .execute(
+            0,
+            vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            Bytes::new(),
+            8192,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data.len(), 8192);
+    fake.abort();
+}
+
+#[tokio::test]
+async fn malformed_bhs() {
+    let e = provoke(Misbehave::MalformedBhs, false).await;
+    assert_names(&e, "SCSI Data-In", "§11.7.1");
+}
+
+#[tokio::test]
+async fn data_segment_over_our_limit() {
+    let e = provoke(Misbehave::OversizedSegment, false).await;
+    assert_names(&e, "SCSI Data-In", "§13.12");
+    assert!(
+        e.to_string().contains("16777215") && e.to_string().contains("MaxRecvDataSegmentLength"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn bad_data_digest() {
+    let e = provoke(Misbehave::BadDataDigest, true).await;
+    assert_names(&e, "SCSI Data-In", "§7.8");
+    assert!(e.to_string().contains("data digest mismatch"), "{e}");
+}
+
+#[tokio::test]
+async fn unknown_itt() {
+    let e = provoke(Misbehave::UnknownItt, false).await;
+    assert_names(&e, "SCSI Response", "§11.2.1.8");
+    assert!(e.to_string().contains("0xdeadbeef"), "{e}");
+}
+
+#[tokio::test]
+async fn stat_sn_jump() {
+    let e = provoke(Misbehave::StatSnJump, false).await;
+    assert_names(&e, "SCSI Response", "§4.2.2.2");
+}
+
+#[tokio::test]
+async fn login_that_never_answers() {
+    assert_eq!(
+        SessionConfig::new("x:1", "iqn.x:y").login_timeout,
+        Duration::from_secs(15),
+        "default login timeout"
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = l.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        // Accept and read, never answer.
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = vec![0u8; 4096];
+        while s.read(&mut b).await.map(|n| n > 0).unwrap_or(false) {}
+    });
+    let t0 = Instant::now();
+    let e = Session::connect(config(&portal))
+        .await
+        .expect_err("must time out");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(e.is_login(), "{e}");
+    assert!(e.to_string().contains("no login response within 3s"), "{e}");
+    hold.abort();
+}
+
+#[tokio::test]
+async fn garbage_instead_of_login_response() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = l.local_addr().unwrap().to_string();
+    let h = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = vec![0u8; 4096];
+        let _ = s.read(&mut b).await;
+        // A Reject-opcode header with nonsense, then close.
+        let mut junk = [0x5au8; 48];
+        junk[0] = 0x3f;
+        junk[4] = 0;
+        junk[5..8].copy_from_slice(&[0, 0, 0]);
+        let _ = s.write_all(&junk).await;
+    });
+    let e = Session::connect(config(&portal))
+        .await
+        .expect_err("must fail");
+    assert!(
+        e.to_string().contains("Reject") && e.to_string().contains("§6"),
+        "{e}"
+    );
+    h.abort();
+}
+
+#[tokio::test]
+async fn stalled_target_is_declared_dead_by_nop_timeout() {
+    let (portal, fake) = fake_target(Misbehave::Stall, false).await;
+    let mut cfg = config(&portal);
+    cfg.connection.nop_interval = Some(Duration::from_secs(1));
+    cfg.connection.nop_timeout = Duration::from_secs(1);
+    let s = Session::connect(cfg).await.unwrap();
+    let t0 = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(10),
+        s.execute(
+            0,
+            vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            Bytes::new(),
+            8192,
+        ),
+    )
+    .await
+    .expect("bounded by the NOP timer")
+    .expect_err("a stalled target fails the command");
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_names(&e, "NOP-In", "§11.18");
+    fake.abort();
+}
