@@ -22,6 +22,8 @@
 mod macros;
 
 pub mod digest;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod login;
 pub mod pdu;
 pub mod serial;

@@ -73,7 +73,12 @@ impl DataIn {
             overflow: b[1] & 0x04 != 0,
             underflow: b[1] & 0x02 != 0,
             status_present: b[1] & 0x01 != 0,
-            status: ScsiStatus(b[3]),
+            // §11.7.4: the status byte is valid only with the S bit; ignore it otherwise.
+            status: if b[1] & 0x01 != 0 {
+                ScsiStatus(b[3])
+            } else {
+                ScsiStatus::GOOD
+            },
             lun: Lun(be64(b, 8)),
             itt: be32(b, 16),
             ttt: be32(b, 20),

@@ -571,3 +571,26 @@ fn lun_numbers() {
     assert_eq!(Lun::from_number(300).number(), Some(300));
     assert_eq!(Lun::from_number(7).number(), Some(7));
 }
+
+#[test]
+fn data_in_status_ignored_without_s_bit() {
+    // Found by the `pdu` fuzz target: a status byte on a Data-In without S must not be
+    // taken as status (§11.7.4), or decode → encode → decode changes the PDU.
+    let mut bhs = [0u8; 48];
+    bhs[0] = 0x25;
+    bhs[1] = 0x80; // F, no S
+    bhs[3] = 0x36;
+    let p = Framer::default()
+        .decode(&mut BytesMut::from(&bhs[..]))
+        .unwrap()
+        .unwrap();
+    let Pdu::DataIn(d) = &p else { panic!("{p:?}") };
+    assert_eq!(d.status, ScsiStatus::GOOD);
+    let wire = Framer::encode(&p, Digest::None, Digest::None).to_vec();
+    assert_eq!(
+        Framer::default()
+            .decode(&mut BytesMut::from(&wire[..]))
+            .unwrap(),
+        Some(p)
+    );
+}
