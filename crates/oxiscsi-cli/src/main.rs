@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 
 use crate::common::{exit_code, CommonOpts};
 
+/// mimalloc instead of glibc malloc: glibc returns large freed buffers (256 KiB read
+/// buffers, 1 MiB reassembled reads) to the kernel and page-faults them back on the next
+/// I/O; profiling 1 MiB reads showed ~45% of CPU in those faults.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "oxiscsi",

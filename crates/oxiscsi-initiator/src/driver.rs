@@ -51,7 +51,20 @@ pub(crate) struct Shared {
     pub closed: Option<String>,
 }
 
+/// Spare room kept in the shared read buffer. Reads are bounded by it so that a large
+/// frame whose header arrives at the end of a read has little of its payload to move.
 const READ_CHUNK: usize = 256 * 1024;
+/// Frames at least this long are read into a buffer of their own, sized exactly, so the
+/// payload lands where it stays (no re-copy when the shared buffer would have to grow).
+const LARGE_FRAME: usize = 32 * 1024;
+
+/// Where the next socket read goes.
+enum Rx {
+    /// The shared buffer (headers, small PDUs).
+    Shared,
+    /// The rest of one large frame of `total` bytes.
+    Large { frame: BytesMut, total: usize },
+}
 const MAX_IOV: usize = 64;
 
 pub(crate) async fn run(
@@ -70,8 +83,9 @@ pub(crate) async fn run(
     let mut logout_waiters: Vec<Reply<()>> = Vec::new();
     let mut failure: Option<String> = None;
     let mut accepting = true;
+    let mut rx_state = Rx::Shared;
     // Bytes that arrived with the final Login Response.
-    feed(&mut conn, &framer, &mut inbuf);
+    feed(&mut conn, &framer, &mut inbuf, &mut rx_state);
     loop {
         while let Some(pdu) = conn.poll_transmit() {
             let enc = Framer::encode(&pdu, hd, dd);
@@ -145,10 +159,14 @@ pub(crate) async fn run(
         if inbuf.capacity() - inbuf.len() < 16 * 1024 {
             inbuf.reserve(READ_CHUNK);
         }
+        let read_into: &mut BytesMut = match &mut rx_state {
+            Rx::Shared => &mut inbuf,
+            Rx::Large { frame, .. } => frame,
+        };
         tokio::select! {
-            r = rd.read_buf(&mut inbuf) => match r {
+            r = rd.read_buf(read_into) => match r {
                 Ok(0) => conn.handle_closed("the target closed the TCP connection"),
-                Ok(_) => feed(&mut conn, &framer, &mut inbuf),
+                Ok(_) => feed(&mut conn, &framer, &mut inbuf, &mut rx_state),
                 Err(e) => conn.handle_closed(&format!("read error: {e}")),
             },
             w = write_some(&mut wr, &outq), if !outq.is_empty() => match w {
@@ -218,15 +236,48 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn feed(conn: &mut InitiatorConnection, framer: &Framer, inbuf: &mut BytesMut) {
+fn feed(conn: &mut InitiatorConnection, framer: &Framer, inbuf: &mut BytesMut, rx: &mut Rx) {
     let now = Instant::now();
+    if let Rx::Large { frame, total } = rx {
+        if frame.len() < *total {
+            return;
+        }
+        let frame = std::mem::take(frame).freeze();
+        *rx = Rx::Shared;
+        match framer.decode_frame(frame) {
+            Ok(pdu) => conn.handle_pdu(now, pdu),
+            Err(e) => {
+                conn.handle_frame_error(e);
+                return;
+            }
+        }
+    }
     loop {
         if conn.is_closed() {
             return;
         }
-        match framer.decode(inbuf) {
-            Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
+        match framer.frame_length(inbuf) {
             Ok(None) => return,
+            Ok(Some(total)) if inbuf.len() >= total => match framer.decode(inbuf) {
+                Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
+                Ok(None) => return,
+                Err(e) => {
+                    conn.handle_frame_error(e);
+                    return;
+                }
+            },
+            Ok(Some(total)) if total >= LARGE_FRAME => {
+                // Everything before this frame was consumed: what is left is its start.
+                let mut frame = BytesMut::with_capacity(total);
+                frame.extend_from_slice(inbuf);
+                inbuf.clear();
+                *rx = Rx::Large { frame, total };
+                return;
+            }
+            Ok(Some(total)) => {
+                inbuf.reserve(total - inbuf.len());
+                return;
+            }
             Err(e) => {
                 conn.handle_frame_error(e);
                 return;

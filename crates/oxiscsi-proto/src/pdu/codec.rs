@@ -135,6 +135,19 @@ impl Framer {
         Ok(Some(total))
     }
 
+    /// Length of the frame that starts `buf` once its BHS is there (`Ok(None)` before),
+    /// after checking DataSegmentLength against our limit. Lets a reader give a large
+    /// frame a buffer of its own before its bytes arrive.
+    pub fn frame_length(&self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if buf.len() < BHS_LEN {
+            return Ok(None);
+        }
+        match self.check(&buf[..BHS_LEN]) {
+            Err(e) => Err(e),
+            Ok(_) => Ok(Some(self.frame_len(buf))),
+        }
+    }
+
     /// Take one PDU off the front of `buf`, or `Ok(None)` when it is not all there yet.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, FrameError> {
         let total = match self.check(buf)? {

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""oxiscsi perf vs libiscsi's iscsi-perf against the same tgtd, interleaved A/B.
+
+Starts its own tgtd (pinned to one CPU) on a free loopback port with a LUN on tmpfs,
+pre-filled with random data, then for every row runs both initiators (pinned to the
+other CPU) alternately, ROUNDS times each, and writes the medians to BENCHMARKS.md
+(between the markers) together with the exact commands. A benchmark, not a test.
+
+    cargo build --release -p oxiscsi-cli
+    python3 bench/initiator_vs_libiscsi.py [--rounds 3] [--seconds 5] [--write-md]
+"""
+import argparse, json, os, re, resource, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OX = os.path.join(ROOT, "target", "release", "oxiscsi")
+IQN = "iqn.2026-11.rs.oxiscsi:bench"
+TGT_CPU, INI_CPU = "1", "0"
+
+ROWS = [  # name, blocks of 512 B, queue depth, random
+    ("4K random read QD1", 8, 1, True),
+    ("4K random read QD32", 8, 32, True),
+    ("128K seq read QD8", 256, 8, False),
+    ("128K seq read QD32", 256, 32, False),
+    ("1M seq read QD8", 2048, 8, False),
+    ("1M seq read QD32", 2048, 32, False),
+]
+WRITE_ROWS = [
+    ("4K random write QD32", 8, 32, True),
+    ("1M seq write QD8", 2048, 8, False),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def sh(*args):
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_child(cmd):
+    """Run cmd, return (stdout, cpu seconds of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stdout[-500:]} {p.stderr[-500:]}")
+    return p.stdout, cpu
+
+
+def ox_cmd(url, blocks, qd, rnd, secs, write=False):
+    c = ["taskset", "-c", INI_CPU, OX, "perf", "--json", "-b", str(blocks), "-m", str(qd), "-t", str(secs)]
+    if rnd:
+        c.append("-r")
+    if write:
+        c.append("--write")
+    return c + [url]
+
+
+def lib_cmd(url, blocks, qd, rnd, secs):
+    c = ["taskset", "-c", INI_CPU, "iscsi-perf", "-b", str(blocks), "-m", str(qd), "-t", str(secs)]
+    if rnd:
+        c.append("-r")
+    return c + [url]
+
+
+def run_ox(url, blocks, qd, rnd, secs, write=False):
+    out, cpu = run_child(ox_cmd(url, blocks, qd, rnd, secs, write))
+    j = json.loads(out.strip().splitlines()[-1])
+    return {"iops": j["iops"], "mibs": j["mib_per_s"], "cpu_us": cpu * 1e6 / max(j["ios"], 1),
+            "cores": cpu / j["seconds"], "p50": j["lat_p50_us"], "p99": j["lat_p99_us"]}
+
+
+def run_lib(url, blocks, qd, rnd, secs):
+    t0 = time.monotonic()
+    out, cpu = run_child(lib_cmd(url, blocks, qd, rnd, secs))
+    wall = time.monotonic() - t0
+    m = re.findall(r"iops average (\d+) \((\d+) MB/s\)", out.replace("\r", "\n"))
+    if not m:
+        raise RuntimeError("no 'iops average' in iscsi-perf output: " + out[-300:])
+    iops = float(m[-1][0])
+    ios = iops * secs
+    return {"iops": iops, "mibs": iops * blocks * 512 / 1048576, "cpu_us": cpu * 1e6 / max(ios, 1),
+            "cores": cpu / wall, "p50": None, "p99": None}
+
+
+def med(rs, k):
+    return statistics.median(r[k] for r in rs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--lun-mib", type=int, default=1024)
+    ap.add_argument("--write-md", action="store_true", help="update BENCHMARKS.md")
+    a = ap.parse_args()
+    if not os.path.exists(OX):
+        sys.exit("build first: cargo build --release -p oxiscsi-cli")
+    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    lun = os.path.join(work, "lun.img")
+    with open(lun, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(a.lun_mib):
+            f.write(chunk)
+    port = free_port()
+    ctl = str(1000 + port % 30000)
+    tgtd = subprocess.Popen(["taskset", "-c", TGT_CPU, "tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", ctl],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if subprocess.run(["tgtadm", "-C", ctl, "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                break
+            time.sleep(0.05)
+        adm = ["tgtadm", "-C", ctl, "--lld", "iscsi"]
+        sh(*adm, "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
+        sh(*adm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", lun)
+        sh(*adm, "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        url = f"iscsi://127.0.0.1:{port}/{IQN}/1"
+        results = []
+        for name, blocks, qd, rnd in ROWS:
+            ox, lib = [], []
+            for i in range(a.rounds):
+                order = [("ox", run_ox), ("lib", run_lib)] if i % 2 == 0 else [("lib", run_lib), ("ox", run_ox)]
+                for who, fn in order:
+                    r = fn(url, blocks, qd, rnd, a.seconds)
+                    (ox if who == "ox" else lib).append(r)
+            results.append((name, ox, lib))
+            print(f"{name}: oxiscsi {med(ox, 'iops'):.0f} IOPS {med(ox, 'cpu_us'):.1f} us/IO | "
+                  f"iscsi-perf {med(lib, 'iops'):.0f} IOPS {med(lib, 'cpu_us'):.1f} us/IO", flush=True)
+        writes = []
+        for name, blocks, qd, rnd in WRITE_ROWS:
+            ox = [run_ox(url, blocks, qd, rnd, a.seconds, write=True) for _ in range(a.rounds)]
+            writes.append((name, ox))
+            print(f"{name}: oxiscsi {med(ox, 'iops'):.0f} IOPS {med(ox, 'mibs'):.0f} MiB/s", flush=True)
+    finally:
+        tgtd.kill()
+        tgtd.wait()
+        os.remove(lun)
+        os.rmdir(work)
+    ipf = iperf_ceiling()
+    md = render(results, writes, a, ipf)
+    print(md)
+    if a.write_md:
+        path = os.path.join(ROOT, "BENCHMARKS.md")
+        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+        begin, end = "<!-- initiator-vs-libiscsi:begin -->", "<!-- initiator-vs-libiscsi:end -->"
+        block = f"{begin}\n{md}\n{end}"
+        if begin in text:
+            text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        open(path, "w").write(text)
+        print(f"updated {path}")
+
+
+def iperf_ceiling():
+    try:
+        srv = subprocess.Popen(["taskset", "-c", TGT_CPU, "iperf3", "-s", "-1", "-p", "5299"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        out = subprocess.run(["taskset", "-c", INI_CPU, "iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", "3", "-J"],
+                             stdout=subprocess.PIPE, text=True).stdout
+        srv.wait(timeout=10)
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 1048576
+    except Exception as e:  # iperf3 missing or failed: report without the ceiling
+        print("iperf3 ceiling not measured:", e, file=sys.stderr)
+        return None
+
+
+def render(results, writes, a, ipf):
+    kern = os.uname().release
+    tgt = subprocess.run(["tgtd", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.strip()
+    lines = [
+        f"## Initiator: oxiscsi vs libiscsi (iscsi-perf), same tgtd, A/B interleaved",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine (kernel {kern}, tgtd {tgt}), "
+        f"loopback. tgtd pinned to CPU {TGT_CPU}, the initiator under test to CPU {INI_CPU} (`taskset`). "
+        f"LUN: {a.lun_mib} MiB file on tmpfs pre-filled with random data, tgtd defaults. "
+        f"{a.rounds} rounds of {a.seconds} s per initiator and row, alternating which goes first; medians shown. "
+        "CPU is the initiator process's user+system time per I/O (getrusage of the child)."
+        + (f" Loopback TCP ceiling (iperf3, same pinning): {ipf:.0f} MiB/s." if ipf else ""),
+        "",
+        "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO | iscsi-perf CPU µs/IO | oxiscsi p50 / p99 µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, ox, lib in results:
+        lines.append(
+            f"| {name} | {med(ox, 'iops'):.0f} | {med(lib, 'iops'):.0f} | {med(ox, 'iops') / max(med(lib, 'iops'), 1):.2f} | "
+            f"{med(ox, 'mibs'):.0f} | {med(lib, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} | {med(lib, 'cpu_us'):.1f} | "
+            f"{med(ox, 'p50'):.0f} / {med(ox, 'p99'):.0f} |")
+    lines += ["", "Writes (oxiscsi only: no libiscsi write load tool is available here — Debian's fio lacks the "
+              "libiscsi engine, libiscsi-bin has no iscsi-dd, and qemu's iSCSI block driver package (7.2) does not "
+              "match the machine's qemu-img 10.0.2, so `qemu-img bench -w` cannot reach iSCSI):", "",
+              "| row | oxiscsi IOPS | oxiscsi MiB/s | CPU µs/IO | p50 / p99 µs |", "|---|---:|---:|---:|---:|"]
+    for name, ox in writes:
+        lines.append(f"| {name} | {med(ox, 'iops'):.0f} | {med(ox, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} | "
+                     f"{med(ox, 'p50'):.0f} / {med(ox, 'p99'):.0f} |")
+    lines += ["", "Commands (URL = iscsi://127.0.0.1:PORT/" + IQN + "/1):", "", "```",
+              "python3 bench/initiator_vs_libiscsi.py --rounds %d --seconds %d --write-md" % (a.rounds, a.seconds),
+              "# per row, e.g. 4K random read QD32:",
+              " ".join(ox_cmd("URL", 8, 32, True, a.seconds)),
+              " ".join(lib_cmd("URL", 8, 32, True, a.seconds)),
+              "```"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
