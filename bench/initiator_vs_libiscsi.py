@@ -205,7 +205,7 @@ def render(results, writes, a, ipf):
     lines += ["", "Commands (URL = iscsi://127.0.0.1:PORT/" + IQN + "/1):", "", "```",
               "python3 bench/initiator_vs_libiscsi.py --rounds %d --seconds %d --write-md" % (a.rounds, a.seconds),
               "# per row, e.g. 4K random read QD32:",
-              " ".join(ox_cmd("URL", 8, 32, True, a.seconds)),
+              " ".join(ox_cmd("URL", 8, 32, True, a.seconds)).replace(ROOT + "/", ""),
               " ".join(lib_cmd("URL", 8, 32, True, a.seconds)),
               "```"]
     return "\n".join(lines)

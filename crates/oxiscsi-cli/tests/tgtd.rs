@@ -30,16 +30,39 @@ async fn discovery_lists_targets_and_portals() {
     let t = Tgtd::start();
     t.target(1, IQN, &[8 << 20]);
     t.target(2, "iqn.2026-11.test:tgt2", &[8 << 20, 8 << 20]);
-    let found = discover_with(t.config("discovery"), None)
-        .await
-        .expect("discovery");
-    let names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
-    assert!(
-        names.contains(&IQN) && names.contains(&"iqn.2026-11.test:tgt2"),
-        "{found:?}"
-    );
-    for d in &found {
-        assert!(d.portals.iter().any(|p| p.port == t.port), "{d:?}");
+    // A second portal. tgtd answers SendTargets with the portal the discovery session
+    // came in on only (iscsi-ls sees the same), so discover through each; answers that
+    // list several portals and TPGTs are covered by the unit tests of
+    // `parse_send_targets`.
+    let p2 = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    t.adm(&[
+        "--op",
+        "new",
+        "--mode",
+        "portal",
+        "--param",
+        &format!("portal=127.0.0.2:{p2}"),
+    ]);
+    for (host, port) in [("127.0.0.1", t.port), ("127.0.0.2", p2)] {
+        let mut cfg = t.config("discovery");
+        cfg.portal = format!("{host}:{port}");
+        let found = discover_with(cfg, None).await.expect("discovery");
+        let names: Vec<&str> = found.iter().map(|d| d.name.as_str()).collect();
+        assert!(
+            names.contains(&IQN) && names.contains(&"iqn.2026-11.test:tgt2"),
+            "{found:?}"
+        );
+        for d in &found {
+            assert!(
+                d.portals.iter().any(|p| p.port == port && p.host == host),
+                "{d:?}"
+            );
+            assert!(d.portals.iter().all(|p| p.tpgt == 1), "{d:?}");
+        }
     }
     // One named target only.
     let one = discover_with(t.config("discovery"), Some("iqn.2026-11.test:tgt2"))

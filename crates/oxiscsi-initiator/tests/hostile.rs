@@ -443,3 +443,95 @@ async fn stalled_target_is_declared_dead_by_nop_timeout() {
     assert_names(&e, "NOP-In", "§11.18");
     fake.abort();
 }
+
+/// A portal that answers every login with a redirect (status class 1) to `to`.
+async fn redirector(to: String, permanent: bool) -> (String, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let portal = l.local_addr().unwrap().to_string();
+    let to = if to.is_empty() { portal.clone() } else { to };
+    let h = tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                return;
+            };
+            let mut f = Fake {
+                sock,
+                buf: BytesMut::new(),
+                rx: Framer::default(),
+                tx: (Digest::None, Digest::None),
+                stat_sn: 0,
+            };
+            let Some(Pdu::LoginRequest(req)) = f.recv().await else {
+                continue;
+            };
+            let rsp = LoginResponse {
+                transit: false,
+                continue_: false,
+                csg: req.csg,
+                nsg: req.csg,
+                version_max: 0,
+                version_active: 0,
+                isid: req.isid,
+                tsih: 0,
+                itt: req.itt,
+                stat_sn: SerialNumber(0),
+                exp_cmd_sn: req.cmd_sn,
+                max_cmd_sn: req.cmd_sn,
+                status: if permanent {
+                    LoginStatus::TARGET_MOVED_PERMANENTLY
+                } else {
+                    LoginStatus::TARGET_MOVED_TEMPORARILY
+                },
+                data: Bytes::from(encode_pairs(&[("TargetAddress", format!("{to},1"))])),
+            };
+            f.send(&Pdu::LoginResponse(rsp)).await;
+        }
+    });
+    (portal, h)
+}
+
+#[tokio::test]
+async fn login_redirect_is_followed() {
+    for permanent in [false, true] {
+        let (real, fake) = fake_target(Misbehave::Nothing, false).await;
+        let (front, r) = redirector(real.clone(), permanent).await;
+        let s = Session::connect(config(&front))
+            .await
+            .expect("login after redirect");
+        assert_eq!(
+            s.info().portal,
+            real,
+            "the session runs where the redirect pointed"
+        );
+        let d = s
+            .execute(
+                0,
+                vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                Bytes::new(),
+                512,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.data.len(), 512);
+        r.abort();
+        fake.abort();
+    }
+}
+
+#[tokio::test]
+async fn redirect_loop_stops_at_the_hop_limit() {
+    let (front, r) = redirector(String::new(), false).await;
+    let mut cfg = config(&front);
+    cfg.max_redirects = 3;
+    let t0 = Instant::now();
+    let e = Session::connect(cfg)
+        .await
+        .expect_err("a redirect loop must end");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(e.is_login(), "{e}");
+    assert!(
+        e.to_string().contains("redirected more than 3 times"),
+        "{e}"
+    );
+    r.abort();
+}

@@ -395,3 +395,23 @@ fn hostile_responses() {
         .unwrap_err();
     assert!(e.to_string().contains("did not offer"), "{e}");
 }
+
+#[test]
+fn long_login_text_is_sent_with_the_c_bit() {
+    // More than 8192 bytes of keys: the request is split with C=1 and T=0 on all but the
+    // last PDU (§11.12.2), and the pieces join to the whole text.
+    let mut c = cfg(None);
+    c.initiator_alias = Some("a".repeat(5000));
+    c.target_name = Some(format!("iqn.2026-11.test:{}", "t".repeat(4000)));
+    let mut l = InitiatorLogin::new(c, Instant::now(), rng()).unwrap();
+    let first = next(&mut l);
+    let second = next(&mut l);
+    assert!(first.continue_ && !first.transit && first.data.len() == 8192);
+    assert!(!second.continue_ && second.transit);
+    let mut all = first.data.to_vec();
+    all.extend_from_slice(&second.data);
+    let k = parse_pairs(&all).unwrap();
+    assert_eq!(get(&k, "InitiatorAlias").map(str::len), Some(5000));
+    assert_eq!(get(&k, "TargetName").map(str::len), Some(4017));
+    assert!(l.poll_transmit().is_none());
+}

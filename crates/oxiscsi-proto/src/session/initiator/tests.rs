@@ -659,3 +659,131 @@ fn send_targets_with_continuation() {
     };
     assert_eq!(pairs.len(), 2);
 }
+
+fn async_msg(event: AsyncEvent, stat_sn: u32) -> Pdu {
+    Pdu::AsyncMessage(AsyncMessage {
+        lun: LUN,
+        stat_sn: SerialNumber(stat_sn),
+        exp_cmd_sn: SerialNumber(2),
+        max_cmd_sn: SerialNumber(33),
+        event,
+        vcode: 0,
+        parameter1: 0,
+        parameter2: 2,
+        parameter3: 0,
+        data: Bytes::new(),
+    })
+}
+
+#[test]
+fn async_drop_connection_fails_everything() {
+    let now = Instant::now();
+    let mut c = conn(now);
+    let id = c.submit(now, read_cmd(512)).unwrap();
+    drain(&mut c);
+    c.handle_pdu(now, async_msg(AsyncEvent::DROP_CONNECTION, 10));
+    let ev = events(&mut c);
+    assert!(
+        matches!(&ev[0], Event::Completed { id: got, result: Err(TaskError::ConnectionLost(_)) } if *got == id)
+    );
+    let Event::Failed(e) = &ev[1] else {
+        panic!("{ev:?}")
+    };
+    assert!(
+        e.to_string().contains("target will drop the connection")
+            && e.to_string().contains("§11.9"),
+        "{e}"
+    );
+    assert!(c.is_closed());
+}
+
+#[test]
+fn async_renegotiate_updates_max_xmit() {
+    let now = Instant::now();
+    let mut c = conn(now);
+    c.handle_pdu(now, async_msg(AsyncEvent::RENEGOTIATE, 10));
+    let out = drain(&mut c);
+    let [Pdu::TextRequest(t)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(&t.data[..], b"MaxRecvDataSegmentLength=8192\0");
+    c.handle_pdu(
+        now,
+        Pdu::TextResponse(TextResponse {
+            final_: true,
+            continue_: false,
+            lun: Lun(0),
+            itt: t.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: SerialNumber(11),
+            exp_cmd_sn: SerialNumber(2),
+            max_cmd_sn: SerialNumber(33),
+            data: Bytes::from_static(b"MaxRecvDataSegmentLength=65536\0"),
+        }),
+    );
+    assert!(events(&mut c).is_empty(), "internal exchange, no event");
+    assert_eq!(c.params().max_xmit_data_segment_length, 65536);
+}
+
+#[test]
+fn async_scsi_event_and_task_termination() {
+    let now = Instant::now();
+    let mut c = conn(now);
+    let id = c.submit(now, read_cmd(512)).unwrap();
+    drain(&mut c);
+    c.handle_pdu(now, async_msg(AsyncEvent::SCSI_EVENT, 10));
+    assert!(matches!(
+        &events(&mut c)[..],
+        [Event::Async {
+            event: AsyncEvent::SCSI_EVENT,
+            ..
+        }]
+    ));
+    c.handle_pdu(now, async_msg(AsyncEvent::TASK_TERMINATION, 11));
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Completed {
+            id,
+            result: Err(TaskError::Aborted)
+        }]
+    );
+    assert!(!c.is_closed());
+}
+
+#[test]
+fn target_warm_reset_aborts_all_luns() {
+    let now = Instant::now();
+    let mut c = conn(now);
+    let a = c.submit(now, read_cmd(512)).unwrap();
+    let mut other = read_cmd(512);
+    other.lun = Lun::from_number(2);
+    let b = c.submit(now, other).unwrap();
+    drain(&mut c);
+    let r = c
+        .submit_tmf(now, TmfFunction::TARGET_WARM_RESET, Lun(0), None)
+        .unwrap();
+    drain(&mut c);
+    c.handle_pdu(
+        now,
+        Pdu::TaskMgmtResponse(TaskMgmtResponse {
+            response: TmfResponse::COMPLETE,
+            itt: r.0,
+            stat_sn: SerialNumber(10),
+            exp_cmd_sn: SerialNumber(3),
+            max_cmd_sn: SerialNumber(34),
+        }),
+    );
+    let ev = events(&mut c);
+    assert!(ev.contains(&Event::Completed {
+        id: a,
+        result: Err(TaskError::Aborted)
+    }));
+    assert!(ev.contains(&Event::Completed {
+        id: b,
+        result: Err(TaskError::Aborted)
+    }));
+    assert!(ev.contains(&Event::TmfCompleted {
+        id: r,
+        response: TmfResponse::COMPLETE
+    }));
+}
