@@ -84,6 +84,9 @@ pub(crate) async fn run(
     let mut failure: Option<String> = None;
     let mut accepting = true;
     let mut rx_state = Rx::Shared;
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut armed: Option<tokio::time::Instant> = None;
     // Bytes that arrived with the final Login Response.
     feed(&mut conn, &framer, &mut inbuf, &mut rx_state);
     loop {
@@ -154,8 +157,31 @@ pub(crate) async fn run(
             }
             break;
         }
-        let deadline = conn.poll_timeout();
-        let sleep_until = deadline.map(tokio::time::Instant::from_std);
+        // Send what we can without waiting; the select below waits only if the socket
+        // is full.
+        while !outq.is_empty() {
+            let slices: Vec<IoSlice<'_>> = outq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+            match wr.as_ref().try_write_vectored(&slices) {
+                Ok(0) => break,
+                Ok(n) => advance(&mut outq, n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    conn.handle_closed(&format!("write error: {e}"));
+                    break;
+                }
+            }
+        }
+        if conn.is_closed() {
+            continue;
+        }
+        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
+        if deadline != armed {
+            // Re-arm the one timer only when the core's deadline moves.
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         if inbuf.capacity() - inbuf.len() < 16 * 1024 {
             inbuf.reserve(READ_CHUNK);
         }
@@ -174,14 +200,26 @@ pub(crate) async fn run(
                 Err(e) => conn.handle_closed(&format!("write error: {e}")),
             },
             req = rx.recv(), if accepting => match req {
-                Some(req) => submit(&mut conn, req, &mut waiters, &mut logout_waiters),
+                Some(req) => {
+                    submit(&mut conn, req, &mut waiters, &mut logout_waiters);
+                    // Take whatever else is queued, so one write carries many commands.
+                    for _ in 0..MAX_IOV {
+                        match rx.try_recv() {
+                            Ok(req) => submit(&mut conn, req, &mut waiters, &mut logout_waiters),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => {
                     // Every handle is gone: log out cleanly.
                     accepting = false;
                     conn.logout(Instant::now());
                 }
             },
-            _ = sleep_opt(sleep_until), if sleep_until.is_some() => conn.handle_timeout(Instant::now()),
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
+                conn.handle_timeout(Instant::now());
+            }
         }
     }
     let reason = failure.unwrap_or_else(|| "connection closed".into());
@@ -226,13 +264,6 @@ fn reject(req: Request, reason: &str) {
         Request::Logout { reply } => {
             let _ = reply.send(Ok(()));
         }
-    }
-}
-
-async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
