@@ -148,6 +148,93 @@ impl Framer {
         }
     }
 
+    /// Decode just the header of the frame that starts `buf` (BHS, AHS, header digest
+    /// checked), with an empty data segment, so a reader can decide where the payload
+    /// goes before it arrives. Returns the PDU, the header length (what precedes the
+    /// payload) and the payload length; `Ok(None)` until the header is all there.
+    pub fn decode_header(&self, buf: &[u8]) -> Result<Option<(Pdu, usize, usize)>, FrameError> {
+        let Some(_) = self.frame_length(buf)? else {
+            return Ok(None);
+        };
+        let ahs_len = usize::from(buf[4]) * 4;
+        let hlen = BHS_LEN + ahs_len + self.header_digest.wire_len();
+        if buf.len() < hlen {
+            return Ok(None);
+        }
+        let dsl = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
+        let mut bhs = [0u8; BHS_LEN];
+        bhs.copy_from_slice(&buf[..BHS_LEN]);
+        let opcode = Opcode(bhs[0] & 0x3f);
+        if self.header_digest == Digest::Crc32c {
+            let at = BHS_LEN + ahs_len;
+            let received = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            let computed = crc32c(&buf[..at]);
+            if received != computed {
+                return Err(FrameError {
+                    error: DecodeError::HeaderDigest {
+                        opcode,
+                        received,
+                        computed,
+                    },
+                    bhs: None,
+                    resynced: false,
+                });
+            }
+        }
+        let pdu =
+            Pdu::decode(&bhs, &buf[BHS_LEN..BHS_LEN + ahs_len], Bytes::new()).map_err(|error| {
+                FrameError {
+                    error,
+                    bhs: Some(bhs),
+                    resynced: true,
+                }
+            })?;
+        Ok(Some((pdu, hlen, dsl)))
+    }
+
+    /// Check the data digest of a payload that was read in place: `tail` holds the
+    /// padding and the digest as they came off the wire.
+    pub fn check_placed_digest(
+        &self,
+        pdu: &Pdu,
+        payload: &[u8],
+        tail: &[u8],
+    ) -> Result<(), FrameError> {
+        if self.data_digest != Digest::Crc32c || payload.is_empty() {
+            return Ok(());
+        }
+        let pad = pad4(payload.len());
+        let received = match tail.get(pad..pad + 4) {
+            Some(d) => u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            None => 0,
+        };
+        let computed = crc32c_append(crc32c(payload), &tail[..pad.min(tail.len())]);
+        if received == computed {
+            return Ok(());
+        }
+        let mut bhs = [0u8; BHS_LEN];
+        pdu.encode_bhs(&mut bhs);
+        Err(FrameError {
+            error: DecodeError::DataDigest {
+                opcode: pdu.opcode(),
+                itt: pdu.itt(),
+                received,
+                computed,
+            },
+            bhs: Some(bhs),
+            resynced: true,
+        })
+    }
+
+    /// Bytes that follow a payload of `len` bytes on the wire: padding and data digest.
+    pub fn tail_len(&self, len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            pad4(len) + self.data_digest.wire_len()
+        }
+    }
+
     /// Take one PDU off the front of `buf`, or `Ok(None)` when it is not all there yet.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Pdu>, FrameError> {
         let total = match self.check(buf)? {

@@ -725,6 +725,11 @@ impl InitiatorConnection {
             });
         }
         task.accept_data_in(d.data_sn, d.buffer_offset, d.data.clone())?;
+        self.finish_data_in(d)
+    }
+
+    /// Status in the last Data-In (§11.7.4) and the window update every Data-In carries.
+    fn finish_data_in(&mut self, d: DataIn) -> Result<(), ProtocolError> {
         if d.status_present {
             self.check_stat_sn(Opcode::DATA_IN, d.stat_sn)?;
             if let Some(mut task) = self.tasks.remove(&d.itt) {
@@ -742,6 +747,49 @@ impl InitiatorConnection {
         }
         self.update_window(d.exp_cmd_sn, d.max_cmd_sn);
         Ok(())
+    }
+
+    /// Where the payload of a Data-In (whose header `d` was decoded, data empty) of
+    /// `len` bytes may be read in place. `None` when it is not for a read in progress or
+    /// not the next bytes in order: the driver then reads the PDU normally and
+    /// [`handle_pdu`](Self::handle_pdu) reports any violation.
+    pub fn data_in_placement(&mut self, d: &DataIn, len: u32) -> Option<bytes::BytesMut> {
+        if self.state == State::Closed || len == 0 {
+            return None;
+        }
+        let task = self
+            .tasks
+            .get_mut(&d.itt)
+            .filter(|t| t.kind == TaskKind::Scsi && t.cmd_sn.is_some())?;
+        if task.cmd.read_length == 0 || d.data_sn != task.next_data_sn {
+            return None;
+        }
+        task.placement(d.buffer_offset, len)
+    }
+
+    /// Feed a Data-In whose payload the driver read into the buffer from
+    /// [`data_in_placement`](Self::data_in_placement) (`d.data` is empty).
+    pub fn handle_placed_data_in(&mut self, now: Instant, d: DataIn, placed: bytes::BytesMut) {
+        if self.state == State::Closed {
+            return;
+        }
+        if let Some(i) = self.cfg.nop_interval {
+            self.timers.set(Timer::NopInterval, now + i);
+        }
+        let r = match self.tasks.get_mut(&d.itt) {
+            Some(task) => task.accept_placed(d.data_sn, d.buffer_offset, placed),
+            None => Err(ProtocolError::UnknownItt {
+                opcode: Opcode::DATA_IN,
+                itt: d.itt,
+            }),
+        };
+        if let Err(e) = r.and_then(|()| self.finish_data_in(d)) {
+            self.fail(e);
+        }
+        if self.state == State::Draining && self.tasks.values().all(|t| t.cmd_sn.is_none()) {
+            self.logout(now);
+        }
+        self.maybe_send_logout();
     }
 
     fn on_r2t(&mut self, r: R2t) -> Result<(), ProtocolError> {

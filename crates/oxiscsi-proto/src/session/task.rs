@@ -99,8 +99,10 @@ pub struct Task {
     pub deadline: Option<Instant>,
     /// ABORT TASK in progress for this task (its TMF's ITT) and when it gives up.
     pub aborting: Option<(u32, Instant)>,
-    // Data-In reassembly.
+    // Data-In reassembly: payloads as received, or (once a payload was placed directly)
+    // one buffer of the whole read.
     pub data_in: Vec<Bytes>,
+    pub read_buf: Option<BytesMut>,
     pub data_in_len: u32,
     pub next_data_sn: u32,
     // Data-Out bookkeeping.
@@ -120,6 +122,7 @@ impl Task {
             deadline,
             aborting: None,
             data_in: Vec::new(),
+            read_buf: None,
             data_in_len: 0,
             next_data_sn: 0,
             next_r2t_sn: 0,
@@ -140,6 +143,62 @@ impl Task {
         offset: u32,
         data: Bytes,
     ) -> Result<(), ProtocolError> {
+        self.check_data_in(data_sn, offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.data_in_len = offset + data.len() as u32;
+        match &mut self.read_buf {
+            Some(buf) => buf.extend_from_slice(&data),
+            None => self.data_in.push(data),
+        }
+        Ok(())
+    }
+
+    /// Hand out the part of the read buffer where a payload of `len` bytes at `offset`
+    /// belongs, so a driver can read it from the socket in place. `None` when the
+    /// payload is not the next in order or does not fit (the normal path then reports
+    /// the violation).
+    pub fn placement(&mut self, offset: u32, len: u32) -> Option<BytesMut> {
+        if offset != self.data_in_len
+            || u64::from(offset) + u64::from(len) > u64::from(self.cmd.read_length)
+        {
+            return None;
+        }
+        if self.read_buf.is_none() {
+            let mut b = BytesMut::with_capacity(self.cmd.read_length as usize);
+            for c in self.data_in.drain(..) {
+                b.extend_from_slice(&c);
+            }
+            self.read_buf = Some(b);
+        }
+        let buf = self.read_buf.as_mut()?;
+        Some(buf.split_off(offset as usize))
+    }
+
+    /// Take back a placed payload (filled by the driver) after the PDU's checks.
+    pub fn accept_placed(
+        &mut self,
+        data_sn: u32,
+        offset: u32,
+        placed: BytesMut,
+    ) -> Result<(), ProtocolError> {
+        self.check_data_in(data_sn, offset, placed.len())?;
+        self.data_in_len = offset + placed.len() as u32;
+        match &mut self.read_buf {
+            // Contiguous with what is there, from the same allocation: O(1).
+            Some(buf) => buf.unsplit(placed),
+            None => self.read_buf = Some(placed),
+        }
+        Ok(())
+    }
+
+    fn check_data_in(
+        &mut self,
+        data_sn: u32,
+        offset: u32,
+        len: usize,
+    ) -> Result<(), ProtocolError> {
         if data_sn != self.next_data_sn {
             return Err(ProtocolError::DataSnGap {
                 itt: self.itt,
@@ -148,7 +207,7 @@ impl Task {
             });
         }
         self.next_data_sn = self.next_data_sn.wrapping_add(1);
-        if data.is_empty() {
+        if len == 0 {
             return Ok(());
         }
         if offset != self.data_in_len {
@@ -162,26 +221,25 @@ impl Task {
                 rule: "§13.18",
             });
         }
-        let end = u64::from(offset) + data.len() as u64;
-        if end > u64::from(self.cmd.read_length) {
+        if u64::from(offset) + len as u64 > u64::from(self.cmd.read_length) {
             return Err(ProtocolError::BadTransfer {
                 opcode: Opcode::DATA_IN,
                 itt: self.itt,
                 what: format!(
-                    "{} bytes at offset {offset} run past the {}-byte expected data transfer length",
-                    data.len(),
+                    "{len} bytes at offset {offset} run past the {}-byte expected data transfer length",
                     self.cmd.read_length
                 ),
                 rule: "§11.7.5",
             });
         }
-        self.data_in_len = end as u32;
-        self.data_in.push(data);
         Ok(())
     }
 
     /// The data read so far as one buffer (no copy when it arrived in one PDU).
     pub fn take_data_in(&mut self) -> Bytes {
+        if let Some(buf) = self.read_buf.take() {
+            return buf.freeze();
+        }
         match self.data_in.len() {
             0 => Bytes::new(),
             1 => self.data_in.pop().unwrap_or_default(),
