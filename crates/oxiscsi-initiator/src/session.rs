@@ -147,6 +147,21 @@ impl Session {
         self.submit(cmd).await
     }
 
+    /// Like [`execute`](Self::execute), reading into `buf` (contents replaced, grown to
+    /// fit). Get the buffer back for the next command with `result.data.try_into_mut()`
+    /// once nothing else holds the data: reused buffers stay in cache, as libiscsi's
+    /// caller-supplied iovecs do.
+    pub async fn execute_into(
+        &self,
+        lun: u16,
+        cdb: impl Into<Bytes>,
+        read_len: u32,
+        buf: bytes::BytesMut,
+    ) -> Result<ScsiResult, Error> {
+        let cmd = Command::new(Lun::from_number(lun), cdb).with_read_into(read_len, buf);
+        self.submit(cmd).await
+    }
+
     async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
         let permit = self
             .inner

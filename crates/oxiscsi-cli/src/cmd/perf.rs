@@ -137,6 +137,8 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
                 first_error: None,
             };
             let span = num_blocks - u64::from(blocks) + 1;
+            // One read buffer per worker, reused (as iscsi-perf reads into one iovec).
+            let mut buf = Some(bytes::BytesMut::with_capacity((blocks * bs) as usize));
             while !stop.load(Ordering::Relaxed) {
                 let lba = if random {
                     rng.gen_range(0..span)
@@ -162,11 +164,15 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
                         dpo: false,
                     }
                     .to_bytes();
-                    s.execute(lun, cdb, Bytes::new(), blocks * bs).await
+                    let b = buf.take().unwrap_or_default();
+                    s.execute_into(lun, cdb, blocks * bs, b).await
                 };
                 let ns = t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
                 match r {
-                    Ok(res) if res.status == ScsiStatus::GOOD => {
+                    Ok(mut res) if res.status == ScsiStatus::GOOD => {
+                        if !write {
+                            buf = std::mem::take(&mut res.data).try_into_mut().ok();
+                        }
                         let _ = wk.hist.record(ns.max(1));
                         wk.ios += 1;
                         wk.bytes += u64::from(blocks) * u64::from(bs);

@@ -25,6 +25,9 @@ pub struct Command {
     pub attr: TaskAttr,
     /// Abort the task when it has not completed by then (None: the connection default).
     pub timeout: Option<Duration>,
+    /// A buffer for the data read, reused across commands by callers that recycle the
+    /// returned `Bytes` (`Bytes::try_into_mut`), as libiscsi reads into a caller's iovec.
+    pub read_into: Option<BytesMut>,
 }
 
 impl Command {
@@ -36,6 +39,7 @@ impl Command {
             read_length: 0,
             attr: TaskAttr::Simple,
             timeout: None,
+            read_into: None,
         }
     }
 
@@ -46,6 +50,13 @@ impl Command {
 
     pub fn with_read(mut self, len: u32) -> Self {
         self.read_length = len;
+        self
+    }
+
+    /// Read `len` bytes into `buf` (its contents are replaced).
+    pub fn with_read_into(mut self, len: u32, buf: BytesMut) -> Self {
+        self.read_length = len;
+        self.read_into = Some(buf);
         self
     }
 }
@@ -148,11 +159,27 @@ impl Task {
             return Ok(());
         }
         self.data_in_len = offset + data.len() as u32;
+        if self.read_buf.is_none() && self.cmd.read_into.is_some() {
+            self.read_buf = Some(self.fresh_read_buf());
+        }
         match &mut self.read_buf {
             Some(buf) => buf.extend_from_slice(&data),
             None => self.data_in.push(data),
         }
         Ok(())
+    }
+
+    /// The caller's buffer (emptied, grown to fit) or a new one.
+    fn fresh_read_buf(&mut self) -> BytesMut {
+        let len = self.cmd.read_length as usize;
+        match self.cmd.read_into.take() {
+            Some(mut b) => {
+                b.clear();
+                b.reserve(len);
+                b
+            }
+            None => BytesMut::with_capacity(len),
+        }
     }
 
     /// Hand out the part of the read buffer where a payload of `len` bytes at `offset`
@@ -166,7 +193,7 @@ impl Task {
             return None;
         }
         if self.read_buf.is_none() {
-            let mut b = BytesMut::with_capacity(self.cmd.read_length as usize);
+            let mut b = self.fresh_read_buf();
             for c in self.data_in.drain(..) {
                 b.extend_from_slice(&c);
             }
