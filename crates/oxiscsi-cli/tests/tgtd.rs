@@ -468,3 +468,37 @@ async fn dropped_commands_free_their_slots() {
     }
     s.logout().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsolicited_data_out_up_to_first_burst() {
+    // tgtd defaults to InitialR2T=Yes, which hides unsolicited Data-Out; turn it off so
+    // writes carry immediate data plus unsolicited Data-Out up to FirstBurstLength, then
+    // R2T-solicited bursts for the rest.
+    let t = Tgtd::start();
+    t.target(1, IQN, &[16 << 20]);
+    t.set(1, "InitialR2T", "No");
+    t.set(1, "ImmediateData", "Yes");
+    t.set(1, "FirstBurstLength", "65536");
+    t.set(1, "MaxRecvDataSegmentLength", "8192");
+    let s = Session::connect(t.config(IQN)).await.unwrap();
+    let p = &s.info().params;
+    assert!(!p.initial_r2t && p.immediate_data, "{p:?}");
+    assert_eq!(p.first_burst_length, 65536);
+    assert_eq!(p.max_xmit_data_segment_length, 8192);
+    // Sizes below, at and above FirstBurstLength, bit-exact.
+    for (i, len) in [4096usize, 8192, 65536, 65536 + 512, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let d = Bytes::from(seeded(100 + i as u64, len));
+        let lba = (i as u64) * 4096;
+        s.write(1, lba, d.clone()).await.unwrap();
+        assert_eq!(
+            s.read(1, lba, (len / 512) as u32).await.unwrap(),
+            d,
+            "{len} bytes"
+        );
+    }
+    write_read_verify(&s, 1, 8 << 20, 16, 21).await;
+    s.logout().await.unwrap();
+}
