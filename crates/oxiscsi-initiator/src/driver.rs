@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use oxiscsi_proto::pdu::{DataIn, Framer, Lun, Pdu, TmfFunction, TmfResponse};
+use oxiscsi_proto::pdu::{Framer, Lun, TmfFunction, TmfResponse};
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::error::Error;
+use crate::rx::Reader;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
 
@@ -51,72 +52,12 @@ pub(crate) struct Shared {
     pub closed: Option<String>,
 }
 
-/// Spare room kept in the shared read buffer. Reads are bounded by it so that a large
-/// frame whose header arrives at the end of a read has little of its payload to move.
-const READ_CHUNK: usize = 256 * 1024;
-/// Frames at least this long are read into a buffer of their own, sized exactly, so the
-/// payload lands where it stays (no re-copy when the shared buffer would have to grow).
-const LARGE_FRAME: usize = 32 * 1024;
-
-/// Where the next socket read goes.
-enum Rx {
-    /// The shared buffer (headers, small PDUs).
-    Shared,
-    /// The rest of one large frame of `total` bytes.
-    Large { frame: BytesMut, total: usize },
-    /// A Data-In payload read straight into its task's buffer, then its padding/digest.
-    Placed {
-        header: DataIn,
-        dst: BytesMut,
-        len: usize,
-        tail: BytesMut,
-        tail_len: usize,
-    },
-}
-
-impl Rx {
-    /// The buffer the next read fills, and how many bytes it may take.
-    fn target<'a>(
-        &'a mut self,
-        shared: &'a mut BytesMut,
-        header_next: Option<usize>,
-    ) -> (&'a mut BytesMut, u64) {
-        match self {
-            Rx::Shared => {
-                // After a placed payload, read just the next header: if it is another
-                // large Data-In its payload then goes in place too, with nothing to move.
-                let limit =
-                    header_next.map_or(u64::MAX, |h| h.saturating_sub(shared.len()).max(1) as u64);
-                (shared, limit)
-            }
-            Rx::Large { frame, total } => {
-                let n = (*total - frame.len()) as u64;
-                (frame, n)
-            }
-            Rx::Placed {
-                dst,
-                len,
-                tail,
-                tail_len,
-                ..
-            } => {
-                if dst.len() < *len {
-                    let n = (*len - dst.len()) as u64;
-                    (dst, n)
-                } else {
-                    let n = (*tail_len - tail.len()) as u64;
-                    (tail, n)
-                }
-            }
-        }
-    }
-}
 const MAX_IOV: usize = 64;
 
 pub(crate) async fn run(
     mut conn: InitiatorConnection,
     stream: TcpStream,
-    mut inbuf: BytesMut,
+    leftover: BytesMut,
     mut rx: mpsc::Receiver<Request>,
     shared: Arc<Mutex<Shared>>,
     portal: String,
@@ -129,20 +70,12 @@ pub(crate) async fn run(
     let mut logout_waiters: Vec<Reply<()>> = Vec::new();
     let mut failure: Option<String> = None;
     let mut accepting = true;
-    let mut rx_state = Rx::Shared;
-    // Set after a placed payload: the next read takes only a header's worth.
-    let mut header_next: Option<usize> = None;
+    let mut reader = Reader::new(framer, leftover);
     let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(sleep);
     let mut armed: Option<tokio::time::Instant> = None;
     // Bytes that arrived with the final Login Response.
-    feed(
-        &mut conn,
-        &framer,
-        &mut inbuf,
-        &mut rx_state,
-        &mut header_next,
-    );
+    reader.feed(&mut conn);
     loop {
         while let Some(pdu) = conn.poll_transmit() {
             let enc = Framer::encode(&pdu, hd, dd);
@@ -237,15 +170,12 @@ pub(crate) async fn run(
             }
             armed = deadline;
         }
-        if inbuf.capacity() - inbuf.len() < 16 * 1024 {
-            inbuf.reserve(READ_CHUNK);
-        }
-        let (read_into, limit) = rx_state.target(&mut inbuf, header_next);
+        let (read_into, limit) = reader.target();
         let mut limited = (&mut rd).take(limit);
         tokio::select! {
             r = limited.read_buf(read_into) => match r {
                 Ok(0) => conn.handle_closed("the target closed the TCP connection"),
-                Ok(_) => feed(&mut conn, &framer, &mut inbuf, &mut rx_state, &mut header_next),
+                Ok(_) => reader.feed(&mut conn),
                 Err(e) => conn.handle_closed(&format!("read error: {e}")),
             },
             w = write_some(&mut wr, &outq), if !outq.is_empty() => match w {
@@ -326,128 +256,6 @@ fn reject(req: Request, reason: &str) {
             let _ = reply.send(Ok(()));
         }
     }
-}
-
-fn feed(
-    conn: &mut InitiatorConnection,
-    framer: &Framer,
-    inbuf: &mut BytesMut,
-    rx: &mut Rx,
-    header_next: &mut Option<usize>,
-) {
-    let now = Instant::now();
-    match rx {
-        Rx::Shared => {}
-        Rx::Large { frame, total } => {
-            if frame.len() < *total {
-                return;
-            }
-            let frame = std::mem::take(frame).freeze();
-            *rx = Rx::Shared;
-            match framer.decode_frame(frame) {
-                Ok(pdu) => conn.handle_pdu(now, pdu),
-                Err(e) => {
-                    conn.handle_frame_error(e);
-                    return;
-                }
-            }
-        }
-        Rx::Placed {
-            dst,
-            len,
-            tail,
-            tail_len,
-            ..
-        } => {
-            if dst.len() < *len || tail.len() < *tail_len {
-                return;
-            }
-            let Rx::Placed {
-                header, dst, tail, ..
-            } = std::mem::replace(rx, Rx::Shared)
-            else {
-                return;
-            };
-            let pdu = Pdu::DataIn(header);
-            if let Err(e) = framer.check_placed_digest(&pdu, &dst, &tail) {
-                conn.handle_frame_error(e);
-                return;
-            }
-            let Pdu::DataIn(header) = pdu else { return };
-            conn.handle_placed_data_in(now, header, dst);
-            *header_next = Some(48 + framer.header_digest.wire_len());
-        }
-    }
-    loop {
-        if conn.is_closed() {
-            return;
-        }
-        match framer.frame_length(inbuf) {
-            Ok(None) => return,
-            Ok(Some(total)) if inbuf.len() >= total => {
-                *header_next = None;
-                match framer.decode(inbuf) {
-                    Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
-                    Ok(None) => return,
-                    Err(e) => {
-                        conn.handle_frame_error(e);
-                        return;
-                    }
-                }
-            }
-            Ok(Some(total)) if total >= LARGE_FRAME => {
-                *header_next = None;
-                // Everything before this frame was consumed: what is left is its start.
-                if let Some(placed) = try_place(conn, framer, inbuf, total) {
-                    *rx = placed;
-                    return;
-                }
-                let mut frame = BytesMut::with_capacity(total);
-                frame.extend_from_slice(inbuf);
-                inbuf.clear();
-                *rx = Rx::Large { frame, total };
-                return;
-            }
-            Ok(Some(total)) => {
-                inbuf.reserve(total - inbuf.len());
-                return;
-            }
-            Err(e) => {
-                conn.handle_frame_error(e);
-                return;
-            }
-        }
-    }
-}
-
-/// For a large Data-In whose header is in `inbuf`, get the place for its payload from
-/// the core and move the bytes already read there (at most one read's worth).
-fn try_place(
-    conn: &mut InitiatorConnection,
-    framer: &Framer,
-    inbuf: &mut BytesMut,
-    total: usize,
-) -> Option<Rx> {
-    let Ok(Some((Pdu::DataIn(header), hlen, len))) = framer.decode_header(inbuf) else {
-        return None;
-    };
-    let mut dst = conn.data_in_placement(&header, u32::try_from(len).ok()?)?;
-    let tail_len = total - hlen - len;
-    let _ = inbuf.split_to(hlen);
-    let have = inbuf.len().min(len);
-    dst.extend_from_slice(&inbuf[..have]);
-    let _ = inbuf.split_to(have);
-    let mut tail = BytesMut::with_capacity(tail_len);
-    let t = inbuf.len().min(tail_len);
-    tail.extend_from_slice(&inbuf[..t]);
-    let _ = inbuf.split_to(t);
-    Some(Rx::Placed {
-        header,
-        dst,
-        len,
-        tail,
-        tail_len,
-    })
 }
 
 fn submit(

@@ -10,6 +10,7 @@ mod config;
 mod discovery;
 mod driver;
 mod error;
+mod rx;
 mod session;
 mod transport;
 mod url;

@@ -236,6 +236,11 @@ fn config(portal: &str) -> SessionConfig {
 /// Run a read of 8 KiB against the fake and return the error, after checking that every
 /// other command in flight also ended and the session refuses new work.
 async fn provoke(how: Misbehave, digest: bool) -> Error {
+    provoke_len(how, digest, 8192).await
+}
+
+/// As [`provoke`], with reads of `len` bytes (64 KiB and more take the in-place path).
+async fn provoke_len(how: Misbehave, digest: bool, len: u32) -> Error {
     let (portal, fake) = fake_target(how, digest).await;
     let mut cfg = config(&portal);
     if digest {
@@ -253,7 +258,7 @@ async fn provoke(how: Misbehave, digest: bool) -> Error {
                     0,
                     vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
                     Bytes::new(),
-                    8192,
+                    len,
                 )
                 .await
             })
@@ -265,7 +270,7 @@ async fn provoke(how: Misbehave, digest: bool) -> Error {
             0,
             vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
             Bytes::new(),
-            8192,
+            len,
         ),
     )
     .await
@@ -534,4 +539,12 @@ async fn redirect_loop_stops_at_the_hop_limit() {
         "{e}"
     );
     r.abort();
+}
+
+#[tokio::test]
+async fn bad_data_digest_on_a_payload_read_in_place() {
+    // 128 KiB Data-In: its payload is read straight into the command's buffer, and the
+    // digest check must still catch the corruption.
+    let e = provoke_len(Misbehave::BadDataDigest, true, 128 * 1024).await;
+    assert_names(&e, "SCSI Data-In", "§7.8");
 }

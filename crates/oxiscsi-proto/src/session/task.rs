@@ -169,9 +169,11 @@ impl Task {
         Ok(())
     }
 
-    /// The caller's buffer (emptied, grown to fit) or a new one.
+    /// The caller's buffer (emptied, grown to fit) or a new one, with [`READ_SLACK`]
+    /// bytes beyond the data so a driver reading a payload in place can take the bytes
+    /// that follow it (padding, digest, next header) in the same read.
     fn fresh_read_buf(&mut self) -> BytesMut {
-        let len = self.cmd.read_length as usize;
+        let len = self.cmd.read_length as usize + READ_SLACK;
         match self.cmd.read_into.take() {
             Some(mut b) => {
                 b.clear();
@@ -331,6 +333,10 @@ pub fn unsolicited_plan(params: &OperationalParams, len: u32) -> (u32, u32) {
     };
     (immediate, unsolicited_end.max(immediate))
 }
+
+/// Spare bytes after a read buffer: padding (3) + data digest (4) + BHS (48) + header
+/// digest (4), rounded up.
+pub const READ_SLACK: usize = 64;
 
 /// `TTT` of unsolicited Data-Out (§11.7.4).
 pub const UNSOLICITED_TTT: u32 = RESERVED_TAG;

@@ -1,0 +1,185 @@
+//! The read side of the driver: where each socket read lands.
+//!
+//! Small PDUs and headers are read into one shared buffer in large reads. A frame of
+//! [`LARGE_FRAME`] bytes or more gets a buffer of its own as soon as its header is seen,
+//! so its payload is read where it stays. A large Data-In for a read in progress goes
+//! further: its payload is read straight into the command's buffer (handed out by the
+//! core after its checks), like libiscsi reading into the caller's iovec. Reads are
+//! bounded (`take`) so they never run past what the current state expects, except by
+//! design into the command buffer's slack: the payload's padding/digest and the next
+//! PDU's header arrive in the same read and are moved out afterwards (at most ~60 bytes).
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use oxiscsi_proto::pdu::{DataIn, Framer, Pdu};
+use oxiscsi_proto::session::InitiatorConnection;
+
+/// Spare room kept in the shared read buffer.
+const READ_CHUNK: usize = 256 * 1024;
+/// Frames at least this long are read into a buffer of their own.
+const LARGE_FRAME: usize = 32 * 1024;
+
+enum State {
+    /// The shared buffer (headers, small PDUs).
+    Shared,
+    /// The rest of one large frame of `total` bytes.
+    Large { frame: BytesMut, total: usize },
+    /// A Data-In payload of `len` bytes read in place, followed by `tail_len` bytes of
+    /// padding/digest.
+    Placed {
+        header: DataIn,
+        dst: BytesMut,
+        len: usize,
+        tail_len: usize,
+    },
+}
+
+pub(crate) struct Reader {
+    state: State,
+    shared: BytesMut,
+    framer: Framer,
+    /// Length of a header without AHS, with its digest.
+    next_header: usize,
+}
+
+impl Reader {
+    /// `leftover`: bytes read past the final Login Response.
+    pub(crate) fn new(framer: Framer, leftover: BytesMut) -> Reader {
+        Reader {
+            state: State::Shared,
+            shared: leftover,
+            framer,
+            next_header: 48 + framer.header_digest.wire_len(),
+        }
+    }
+
+    /// The buffer the next read fills and the most bytes it may take.
+    pub(crate) fn target(&mut self) -> (&mut BytesMut, u64) {
+        match &mut self.state {
+            State::Shared => {
+                if self.shared.capacity() - self.shared.len() < 16 * 1024 {
+                    self.shared.reserve(READ_CHUNK);
+                }
+                (&mut self.shared, u64::MAX)
+            }
+            State::Large { frame, total } => {
+                let n = (*total - frame.len()) as u64;
+                (frame, n)
+            }
+            State::Placed {
+                dst, len, tail_len, ..
+            } => {
+                // The rest of the payload, its padding/digest and the next header fit the
+                // slack the core leaves after every read buffer (READ_SLACK).
+                let need = (*len + *tail_len).saturating_sub(dst.len());
+                let want = need + self.next_header;
+                let room = dst.capacity() - dst.len();
+                let n = if room >= want { want } else { need };
+                (dst, n.max(1) as u64)
+            }
+        }
+    }
+
+    /// Hand every complete PDU to the core.
+    pub(crate) fn feed(&mut self, conn: &mut InitiatorConnection) {
+        let now = Instant::now();
+        match &mut self.state {
+            State::Shared => {}
+            State::Large { frame, total } => {
+                if frame.len() < *total {
+                    return;
+                }
+                let frame = std::mem::take(frame).freeze();
+                self.state = State::Shared;
+                match self.framer.decode_frame(frame) {
+                    Ok(pdu) => conn.handle_pdu(now, pdu),
+                    Err(e) => return conn.handle_frame_error(e),
+                }
+            }
+            State::Placed {
+                dst, len, tail_len, ..
+            } => {
+                if dst.len() < *len + *tail_len {
+                    return;
+                }
+                let State::Placed {
+                    header,
+                    mut dst,
+                    len,
+                    tail_len,
+                } = std::mem::replace(&mut self.state, State::Shared)
+                else {
+                    return;
+                };
+                // Past the payload: padding/digest, then the start of the next PDU, which
+                // goes back to the shared buffer.
+                let after = dst.split_off(len);
+                self.shared.extend_from_slice(&after[tail_len..]);
+                let pdu = Pdu::DataIn(header);
+                if let Err(e) = self
+                    .framer
+                    .check_placed_digest(&pdu, &dst, &after[..tail_len])
+                {
+                    return conn.handle_frame_error(e);
+                }
+                let Pdu::DataIn(header) = pdu else { return };
+                conn.handle_placed_data_in(now, header, dst);
+            }
+        }
+        loop {
+            if conn.is_closed() {
+                return;
+            }
+            match self.framer.frame_length(&self.shared) {
+                Ok(None) => return,
+                Ok(Some(total)) if self.shared.len() >= total => {
+                    match self.framer.decode(&mut self.shared) {
+                        Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
+                        Ok(None) => return,
+                        Err(e) => return conn.handle_frame_error(e),
+                    }
+                }
+                Ok(Some(total)) if total >= LARGE_FRAME => {
+                    // Everything before this frame was consumed: what is left is its start.
+                    if let Some(placed) = self.try_place(conn, total) {
+                        self.state = placed;
+                        return;
+                    }
+                    let mut frame = BytesMut::with_capacity(total);
+                    frame.extend_from_slice(&self.shared);
+                    self.shared.clear();
+                    self.state = State::Large { frame, total };
+                    return;
+                }
+                Ok(Some(total)) => {
+                    let n = total - self.shared.len();
+                    self.shared.reserve(n);
+                    return;
+                }
+                Err(e) => return conn.handle_frame_error(e),
+            }
+        }
+    }
+
+    /// For a large Data-In whose header is in the shared buffer, get the place for its
+    /// payload from the core and move the bytes already read there.
+    fn try_place(&mut self, conn: &mut InitiatorConnection, total: usize) -> Option<State> {
+        let Ok(Some((Pdu::DataIn(header), hlen, len))) = self.framer.decode_header(&self.shared)
+        else {
+            return None;
+        };
+        let mut dst = conn.data_in_placement(&header, u32::try_from(len).ok()?)?;
+        let tail_len = total - hlen - len;
+        let _ = self.shared.split_to(hlen);
+        // The frame is incomplete, so all that is left belongs to its payload and tail.
+        dst.extend_from_slice(&self.shared);
+        self.shared.clear();
+        Some(State::Placed {
+            header,
+            dst,
+            len,
+            tail_len,
+        })
+    }
+}
