@@ -502,3 +502,34 @@ async fn unsolicited_data_out_up_to_first_burst() {
     write_read_verify(&s, 1, 8 << 20, 16, 21).await;
     s.logout().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_task_against_tgtd() {
+    // tgtd serves from memory in microseconds, so an ABORT TASK races the response: the
+    // target either aborts (the command ends Aborted) or no longer has the task (it
+    // completed normally). Either way the answer and the outcome must agree and the
+    // session must go on.
+    let t = Tgtd::start();
+    t.target(1, IQN, &[16 << 20]);
+    let s = Session::connect(t.config(IQN)).await.unwrap();
+    for i in 0..20u64 {
+        let data = Bytes::from(seeded(i, 1 << 20));
+        let cdb = oxiscsi_initiator::scsi::cdb::Cdb::write(i * 2048, 2048, false).to_bytes();
+        let p = s.start(1, cdb, data, 0).await.unwrap();
+        let r = s.abort(&p).await.unwrap();
+        let outcome = p.wait().await;
+        match r {
+            TmfResponse::COMPLETE | TmfResponse::TASK_DOES_NOT_EXIST => {}
+            other => panic!("unexpected TMF response {other:?}"),
+        }
+        match outcome {
+            Ok(res) => assert_eq!(res.status, ScsiStatus::GOOD),
+            Err(e) => assert!(e.to_string().contains("aborted"), "{e}"),
+        }
+    }
+    // The session is intact.
+    let d = Bytes::from(seeded(99, 4096));
+    s.write(1, 0, d.clone()).await.unwrap();
+    assert_eq!(s.read(1, 0, 8).await.unwrap(), d);
+    s.logout().await.unwrap();
+}

@@ -23,6 +23,8 @@ pub(crate) enum Request {
         cmd: Command,
         reply: Reply<ScsiResult>,
         permit: OwnedSemaphorePermit,
+        /// Told the task's id once the core has taken the command (for ABORT TASK).
+        id: Option<oneshot::Sender<TaskId>>,
     },
     Tmf {
         function: TmfFunction,
@@ -266,8 +268,16 @@ fn submit(
 ) {
     let now = Instant::now();
     match req {
-        Request::Command { cmd, reply, permit } => match conn.submit(now, cmd) {
+        Request::Command {
+            cmd,
+            reply,
+            permit,
+            id: tell,
+        } => match conn.submit(now, cmd) {
             Ok(id) => {
+                if let Some(tell) = tell {
+                    let _ = tell.send(id);
+                }
                 waiters.insert(id, Waiter::Command(reply, permit));
             }
             Err(e) => {

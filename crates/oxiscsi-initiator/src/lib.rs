@@ -20,7 +20,7 @@ pub use discovery::{discover, discover_with};
 pub use error::Error;
 pub use oxiscsi_proto as proto;
 pub use oxiscsi_scsi as scsi;
-pub use session::{Session, SessionInfo};
+pub use session::{Pending, Session, SessionInfo};
 pub use url::{IscsiUrl, UrlError};
 
 /// A LUN number as used in URLs and the API (single-level addressing).

@@ -59,6 +59,37 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A command in flight, from [`Session::start`].
+pub struct Pending {
+    id: TaskId,
+    lun: u16,
+    rx: oneshot::Receiver<Result<ScsiResult, Error>>,
+    session: Session,
+}
+
+impl Pending {
+    /// The task's id (its Initiator Task Tag).
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Wait for the command's outcome (any SCSI status).
+    pub async fn wait(self) -> Result<ScsiResult, Error> {
+        self.rx
+            .await
+            .map_err(|_| driver::closed_error(&self.session.inner.shared))?
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("lun", &self.lun)
+            .finish()
+    }
+}
+
 /// Retries for UNIT ATTENTION, which a target reports once after login or reset.
 const UA_RETRIES: usize = 3;
 
@@ -162,6 +193,61 @@ impl Session {
         self.submit(cmd).await
     }
 
+    /// Start a raw command and return at once with a handle that names it, so it can
+    /// be aborted ([`abort`](Self::abort)) while in flight; await [`Pending::wait`] for
+    /// the outcome.
+    pub async fn start(
+        &self,
+        lun: u16,
+        cdb: impl Into<Bytes>,
+        data_out: Bytes,
+        read_len: u32,
+    ) -> Result<Pending, Error> {
+        let cmd = Command::new(Lun::from_number(lun), cdb)
+            .with_data_out(data_out)
+            .with_read(read_len);
+        let permit = self
+            .inner
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        let (reply, rx) = oneshot::channel();
+        let (tell, id_rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Command {
+                cmd,
+                reply,
+                permit,
+                id: Some(tell),
+            })
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        match id_rx.await {
+            Ok(id) => Ok(Pending {
+                id,
+                lun,
+                rx,
+                session: self.clone(),
+            }),
+            // The core refused it: the reply says why.
+            Err(_) => match rx.await {
+                Ok(Err(e)) => Err(e),
+                _ => Err(driver::closed_error(&self.inner.shared)),
+            },
+        }
+    }
+
+    /// ABORT TASK (RFC 7143 §11.5.1) for a command started with [`start`](Self::start).
+    /// The command then ends with `TaskError::Aborted` unless its response was already on
+    /// the way (the target answers "task does not exist" then).
+    pub async fn abort(&self, pending: &Pending) -> Result<TmfResponse, Error> {
+        self.task_management(TmfFunction::ABORT_TASK, pending.lun, Some(pending.id))
+            .await
+    }
+
     async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
         let permit = self
             .inner
@@ -173,7 +259,12 @@ impl Session {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(Request::Command { cmd, reply, permit })
+            .send(Request::Command {
+                cmd,
+                reply,
+                permit,
+                id: None,
+            })
             .await
             .map_err(|_| driver::closed_error(&self.inner.shared))?;
         rx.await

@@ -27,6 +27,8 @@ enum Misbehave {
     StatSnJump,
     /// Half a BHS, then silence with the connection open.
     Stall,
+    /// Never answers SCSI commands; answers task management with "function complete".
+    Silent,
     /// A well-behaved answer (control case).
     Nothing,
 }
@@ -145,6 +147,18 @@ async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task:
             return;
         }
         while let Some(p) = f.recv().await {
+            if let Pdu::TaskMgmtRequest(t) = &p {
+                let r = TaskMgmtResponse {
+                    response: TmfResponse::COMPLETE,
+                    itt: t.itt,
+                    stat_sn: SerialNumber(f.stat_sn),
+                    exp_cmd_sn: t.cmd_sn,
+                    max_cmd_sn: t.cmd_sn.plus(32),
+                };
+                f.stat_sn += 1;
+                f.send(&Pdu::TaskMgmtResponse(r)).await;
+                continue;
+            }
             let Pdu::ScsiCommand(c) = p else { continue };
             let di = |f: &Fake, data: Bytes| DataIn {
                 final_: true,
@@ -208,6 +222,7 @@ async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task:
                     wire[n - 1] ^= 0x5a;
                     f.send_raw(&wire).await;
                 }
+                Misbehave::Silent => {}
                 Misbehave::Stall => {
                     f.send_raw(&[0x25u8; 20]).await;
                     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -547,4 +562,24 @@ async fn bad_data_digest_on_a_payload_read_in_place() {
     // digest check must still catch the corruption.
     let e = provoke_len(Misbehave::BadDataDigest, true, 128 * 1024).await;
     assert_names(&e, "SCSI Data-In", "§7.8");
+}
+
+#[tokio::test]
+async fn abort_one_command_in_flight() {
+    let (portal, fake) = fake_target(Misbehave::Silent, false).await;
+    let s = Session::connect(config(&portal)).await.unwrap();
+    let read = vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0];
+    let p = s.start(0, read.clone(), Bytes::new(), 8192).await.unwrap();
+    let other = s.start(0, read, Bytes::new(), 8192).await.unwrap();
+    assert_ne!(p.id(), other.id());
+    assert_eq!(s.abort(&p).await.unwrap(), TmfResponse::COMPLETE);
+    let e = tokio::time::timeout(Duration::from_secs(5), p.wait())
+        .await
+        .expect("ends at once")
+        .unwrap_err();
+    assert!(e.to_string().contains("aborted by task management"), "{e}");
+    // The other command is untouched: still waiting for the (silent) target.
+    let still = tokio::time::timeout(Duration::from_millis(300), other.wait()).await;
+    assert!(still.is_err(), "only the aborted command may end");
+    fake.abort();
 }
