@@ -113,16 +113,18 @@ impl Reader {
                     return;
                 };
                 // Past the payload: padding/digest, then the start of the next PDU, which
-                // goes back to the shared buffer.
-                let after = dst.split_off(len);
-                self.shared.extend_from_slice(&after[tail_len..]);
+                // goes back to the shared buffer. `truncate`, not `split_off`: the command
+                // buffer must keep its capacity for the next segment placed after this one
+                // (split_off gave it away and the next placement got an empty buffer).
+                self.shared.extend_from_slice(&dst[len + tail_len..]);
                 let pdu = Pdu::DataIn(header);
-                if let Err(e) = self
-                    .framer
-                    .check_placed_digest(&pdu, &dst, &after[..tail_len])
+                if let Err(e) =
+                    self.framer
+                        .check_placed_digest(&pdu, &dst[..len], &dst[len..len + tail_len])
                 {
                     return conn.handle_frame_error(e);
                 }
+                dst.truncate(len);
                 let Pdu::DataIn(header) = pdu else { return };
                 conn.handle_placed_data_in(now, header, dst);
             }

@@ -437,4 +437,35 @@ mod tests {
         assert_eq!(d.len(), 100);
         assert_eq!(d[60], 2);
     }
+
+    #[test]
+    fn placed_segments_share_one_buffer() {
+        // As a driver uses it: each segment is read into its place together with some
+        // trailing bytes (padding, digest, next header) in the slack, then truncated. The
+        // next segment must still get room, and the whole read must stay in one buffer.
+        let cmd = Command::new(Lun(0), vec![0u8; 16]).with_read(3 * 4096);
+        let mut t = Task::new(5, TaskKind::Scsi, cmd, None);
+        let mut ptrs = Vec::new();
+        for i in 0..3u32 {
+            let mut dst = t.placement(i * 4096, 4096).expect("in order");
+            assert!(
+                dst.capacity() >= 4096 + READ_SLACK,
+                "segment {i}: {}",
+                dst.capacity()
+            );
+            ptrs.push(dst.as_ptr() as usize);
+            dst.extend_from_slice(&[i as u8; 4096 + 52]);
+            dst.truncate(4096);
+            t.accept_placed(i, i * 4096, dst).unwrap();
+        }
+        assert_eq!(ptrs, vec![ptrs[0], ptrs[0] + 4096, ptrs[0] + 8192]);
+        let d = t.take_data_in();
+        assert_eq!(
+            (d.len(), d.as_ptr() as usize, d[4096], d[8191 + 4096]),
+            (12288, ptrs[0], 1, 2)
+        );
+        // A reused buffer keeps its slack.
+        let again = d.try_into_mut().expect("unique");
+        assert!(again.capacity() >= 12288 + READ_SLACK);
+    }
 }
