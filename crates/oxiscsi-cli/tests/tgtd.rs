@@ -512,9 +512,12 @@ async fn abort_task_against_tgtd() {
     let t = Tgtd::start();
     t.target(1, IQN, &[16 << 20]);
     let s = Session::connect(t.config(IQN)).await.unwrap();
+    // Raw commands see tgtd's one-time UNIT ATTENTION after login; clear it first
+    // (test_unit_ready retries past it).
+    s.test_unit_ready(1).await.unwrap();
     for i in 0..20u64 {
         let data = Bytes::from(seeded(i, 1 << 20));
-        let cdb = oxiscsi_initiator::scsi::cdb::Cdb::write(i * 2048, 2048, false).to_bytes();
+        let cdb = oxiscsi_initiator::scsi::cdb::Cdb::write((i % 16) * 2048, 2048, false).to_bytes();
         let p = s.start(1, cdb, data, 0).await.unwrap();
         let r = s.abort(&p).await.unwrap();
         let outcome = p.wait().await;
@@ -523,7 +526,12 @@ async fn abort_task_against_tgtd() {
             other => panic!("unexpected TMF response {other:?}"),
         }
         match outcome {
-            Ok(res) => assert_eq!(res.status, ScsiStatus::GOOD),
+            Ok(res) => assert_eq!(
+                res.status,
+                ScsiStatus::GOOD,
+                "{:?}",
+                oxiscsi_initiator::scsi::Sense::parse(&res.sense).map(|s| s.to_string())
+            ),
             Err(e) => assert!(e.to_string().contains("aborted"), "{e}"),
         }
     }
