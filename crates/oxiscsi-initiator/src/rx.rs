@@ -6,8 +6,9 @@
 //! further: its payload is read straight into the command's buffer (handed out by the
 //! core after its checks), like libiscsi reading into the caller's iovec. Reads are
 //! bounded (`take`) so they never run past what the current state expects, except by
-//! design into the command buffer's slack: the payload's padding/digest and the next
-//! PDU's header arrive in the same read and are moved out afterwards (at most ~60 bytes).
+//! design into the room after a segment in its command's buffer (every segment but a
+//! read's last has some): the payload's padding/digest and the next PDU's header then
+//! arrive in the same read and are moved out afterwards (at most ~60 bytes).
 
 use std::time::Instant;
 
@@ -70,8 +71,8 @@ impl Reader {
             State::Placed {
                 dst, len, tail_len, ..
             } => {
-                // The rest of the payload, its padding/digest and the next header fit the
-                // slack the core leaves after every read buffer (READ_SLACK).
+                // The rest of the payload, its padding/digest and the next header, when
+                // the command buffer has room after this segment; else the payload only.
                 let need = (*len + *tail_len).saturating_sub(dst.len());
                 let want = need + self.next_header;
                 let room = dst.capacity() - dst.len();
