@@ -42,6 +42,10 @@ pub(crate) struct Reader {
     framer: Framer,
     /// Length of a header without AHS, with its digest.
     next_header: usize,
+    /// The last placed payload ended its buffer, so the next header was not read with
+    /// it: read just a header next, so a following large Data-In's payload is not pulled
+    /// into the shared buffer (and copied out of it).
+    header_only: bool,
 }
 
 impl Reader {
@@ -52,6 +56,7 @@ impl Reader {
             shared: leftover,
             framer,
             next_header: 48 + framer.header_digest.wire_len(),
+            header_only: false,
         }
     }
 
@@ -62,7 +67,12 @@ impl Reader {
                 if self.shared.capacity() - self.shared.len() < 16 * 1024 {
                     self.shared.reserve(READ_CHUNK);
                 }
-                (&mut self.shared, u64::MAX)
+                let limit = if self.header_only {
+                    self.next_header.saturating_sub(self.shared.len()).max(1) as u64
+                } else {
+                    u64::MAX
+                };
+                (&mut self.shared, limit)
             }
             State::Large { frame, total } => {
                 let n = (*total - frame.len()) as u64;
@@ -118,6 +128,7 @@ impl Reader {
                 // buffer must keep its capacity for the next segment placed after this one
                 // (split_off gave it away and the next placement got an empty buffer).
                 self.shared.extend_from_slice(&dst[len + tail_len..]);
+                self.header_only = dst.len() == len + tail_len;
                 let pdu = Pdu::DataIn(header);
                 if let Err(e) =
                     self.framer
@@ -133,6 +144,9 @@ impl Reader {
         loop {
             if conn.is_closed() {
                 return;
+            }
+            if self.shared.len() >= self.next_header {
+                self.header_only = false;
             }
             match self.framer.frame_length(&self.shared) {
                 Ok(None) => return,
