@@ -193,6 +193,35 @@ impl Session {
         self.submit(cmd).await
     }
 
+    /// Take a queue slot (released when the target answers, whatever the caller does)
+    /// and hand the command to the driver.
+    async fn send_command(
+        &self,
+        cmd: Command,
+        id: Option<oneshot::Sender<TaskId>>,
+    ) -> Result<oneshot::Receiver<Result<ScsiResult, Error>>, Error> {
+        let closed = || driver::closed_error(&self.inner.shared);
+        let permit = self
+            .inner
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Command {
+                cmd,
+                reply,
+                permit,
+                id,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(rx)
+    }
+
     /// Start a raw command and return at once with a handle that names it, so it can
     /// be aborted ([`abort`](Self::abort)) while in flight; await [`Pending::wait`] for
     /// the outcome.
@@ -206,25 +235,8 @@ impl Session {
         let cmd = Command::new(Lun::from_number(lun), cdb)
             .with_data_out(data_out)
             .with_read(read_len);
-        let permit = self
-            .inner
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
-        let (reply, rx) = oneshot::channel();
         let (tell, id_rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Command {
-                cmd,
-                reply,
-                permit,
-                id: Some(tell),
-            })
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        let rx = self.send_command(cmd, Some(tell)).await?;
         match id_rx.await {
             Ok(id) => Ok(Pending {
                 id,
@@ -249,24 +261,7 @@ impl Session {
     }
 
     async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
-        let permit = self
-            .inner
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Command {
-                cmd,
-                reply,
-                permit,
-                id: None,
-            })
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        let rx = self.send_command(cmd, None).await?;
         rx.await
             .map_err(|_| driver::closed_error(&self.inner.shared))?
     }

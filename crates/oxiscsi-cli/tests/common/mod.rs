@@ -167,30 +167,15 @@ impl Tgtd {
 
     /// One-way CHAP account bound to `tid`.
     pub fn chap(&self, tid: u32, user: &str, secret: &str) {
-        self.adm(&[
-            "--op",
-            "new",
-            "--mode",
-            "account",
-            "--user",
-            user,
-            "--password",
-            secret,
-        ]);
-        self.adm(&[
-            "--op",
-            "bind",
-            "--mode",
-            "account",
-            "--tid",
-            &tid.to_string(),
-            "--user",
-            user,
-        ]);
+        self.account(tid, user, secret, false);
     }
 
     /// The target's own (mutual, outgoing) CHAP account.
     pub fn mutual_chap(&self, tid: u32, user: &str, secret: &str) {
+        self.account(tid, user, secret, true);
+    }
+
+    fn account(&self, tid: u32, user: &str, secret: &str, outgoing: bool) {
         // tgtadm creates outgoing accounts like any other and marks them at bind time.
         self.adm(&[
             "--op",
@@ -202,17 +187,14 @@ impl Tgtd {
             "--password",
             secret,
         ]);
-        self.adm(&[
-            "--op",
-            "bind",
-            "--mode",
-            "account",
-            "--tid",
-            &tid.to_string(),
-            "--user",
-            user,
-            "--outgoing",
-        ]);
+        let tid = tid.to_string();
+        let mut bind = vec![
+            "--op", "bind", "--mode", "account", "--tid", &tid, "--user", user,
+        ];
+        if outgoing {
+            bind.push("--outgoing");
+        }
+        self.adm(&bind);
     }
 
     pub fn set(&self, tid: u32, key: &str, value: &str) {
