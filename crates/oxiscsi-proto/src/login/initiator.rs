@@ -162,23 +162,6 @@ impl std::fmt::Debug for InitiatorLogin {
     }
 }
 
-const OPERATIONAL_ORDER: &[&str] = &[
-    "HeaderDigest",
-    "DataDigest",
-    "MaxConnections",
-    "InitialR2T",
-    "ImmediateData",
-    "MaxRecvDataSegmentLength",
-    "MaxBurstLength",
-    "FirstBurstLength",
-    "DefaultTime2Wait",
-    "DefaultTime2Retain",
-    "MaxOutstandingR2T",
-    "DataPDUInOrder",
-    "DataSequenceInOrder",
-    "ErrorRecoveryLevel",
-];
-
 impl InitiatorLogin {
     /// Start a login; the first request is ready to poll. `rng` makes CHAP challenges.
     pub fn new(
@@ -558,7 +541,9 @@ impl InitiatorLogin {
             Stage::Operational => {
                 self.stage = Stage::Operational;
                 self.state = State::Operational;
-                let offer = self.negotiator.offer(OPERATIONAL_ORDER);
+                // Offer in the order the configuration lists the keys.
+                let order: Vec<&str> = self.cfg.operational.iter().map(|(k, _)| *k).collect();
+                let offer = self.negotiator.offer(&order);
                 self.queue(Stage::Operational, true, Stage::FullFeature, &offer);
                 Ok(LoginStep::Continue)
             }

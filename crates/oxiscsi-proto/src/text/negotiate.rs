@@ -484,40 +484,12 @@ mod tests {
     }
 
     fn init_offer() -> Vec<(&'static str, String)> {
-        vec![
-            ("HeaderDigest", s("None")),
-            ("DataDigest", s("None")),
-            ("MaxConnections", s("1")),
-            ("InitialR2T", s("No")),
-            ("ImmediateData", s("Yes")),
-            ("MaxRecvDataSegmentLength", s("262144")),
-            ("MaxBurstLength", s("16776192")),
-            ("FirstBurstLength", s("262144")),
-            ("DefaultTime2Wait", s("2")),
-            ("DefaultTime2Retain", s("0")),
-            ("MaxOutstandingR2T", s("1")),
-            ("DataPDUInOrder", s("Yes")),
-            ("DataSequenceInOrder", s("Yes")),
-            ("ErrorRecoveryLevel", s("0")),
-        ]
+        crate::login::LoginConfig::default_operational()
     }
 
-    const ORDER: &[&str] = &[
-        "HeaderDigest",
-        "DataDigest",
-        "MaxConnections",
-        "InitialR2T",
-        "ImmediateData",
-        "MaxRecvDataSegmentLength",
-        "MaxBurstLength",
-        "FirstBurstLength",
-        "DefaultTime2Wait",
-        "DefaultTime2Retain",
-        "MaxOutstandingR2T",
-        "DataPDUInOrder",
-        "DataSequenceInOrder",
-        "ErrorRecoveryLevel",
-    ];
+    fn order() -> Vec<&'static str> {
+        init_offer().iter().map(|(k, _)| *k).collect()
+    }
 
     /// Table: (key, our offer, target's answer, expected result or error).
     #[test]
@@ -636,7 +608,7 @@ mod tests {
                 ("MaxOutstandingR2T", s("1")),
             ],
         );
-        let offer = ini.offer(ORDER);
+        let offer = ini.offer(&order());
         let mut reply = tgt.handle(&offer).unwrap();
         reply.extend(tgt.offer(&["MaxRecvDataSegmentLength"]));
         let back = ini.handle(&reply).unwrap();

@@ -404,58 +404,40 @@ impl Cdb {
                 need(b, "READ CAPACITY(16)", 16)?;
                 Cdb::ReadCapacity16 { alloc: be32(b, 10) }
             }
-            op::READ_10 | op::WRITE_10 => {
-                need(
-                    b,
-                    if opc == op::READ_10 {
-                        "READ(10)"
-                    } else {
-                        "WRITE(10)"
+            op::READ_10 | op::WRITE_10 | op::READ_16 | op::WRITE_16 => {
+                let (name, len) = match opc {
+                    op::READ_10 => ("READ(10)", 10),
+                    op::WRITE_10 => ("WRITE(10)", 10),
+                    op::READ_16 => ("READ(16)", 16),
+                    _ => ("WRITE(16)", 16),
+                };
+                need(b, name, len)?;
+                let (fua, dpo) = (fua(b), dpo(b));
+                match opc {
+                    op::READ_10 => Cdb::Read10 {
+                        lba: be32(b, 2),
+                        blocks: be16(b, 7),
+                        fua,
+                        dpo,
                     },
-                    10,
-                )?;
-                let (lba, blocks) = (be32(b, 2), be16(b, 7));
-                if opc == op::READ_10 {
-                    Cdb::Read10 {
-                        lba,
-                        blocks,
-                        fua: fua(b),
-                        dpo: dpo(b),
-                    }
-                } else {
-                    Cdb::Write10 {
-                        lba,
-                        blocks,
-                        fua: fua(b),
-                        dpo: dpo(b),
-                    }
-                }
-            }
-            op::READ_16 | op::WRITE_16 => {
-                need(
-                    b,
-                    if opc == op::READ_16 {
-                        "READ(16)"
-                    } else {
-                        "WRITE(16)"
+                    op::WRITE_10 => Cdb::Write10 {
+                        lba: be32(b, 2),
+                        blocks: be16(b, 7),
+                        fua,
+                        dpo,
                     },
-                    16,
-                )?;
-                let (lba, blocks) = (be64(b, 2), be32(b, 10));
-                if opc == op::READ_16 {
-                    Cdb::Read16 {
-                        lba,
-                        blocks,
-                        fua: fua(b),
-                        dpo: dpo(b),
-                    }
-                } else {
-                    Cdb::Write16 {
-                        lba,
-                        blocks,
-                        fua: fua(b),
-                        dpo: dpo(b),
-                    }
+                    op::READ_16 => Cdb::Read16 {
+                        lba: be64(b, 2),
+                        blocks: be32(b, 10),
+                        fua,
+                        dpo,
+                    },
+                    _ => Cdb::Write16 {
+                        lba: be64(b, 2),
+                        blocks: be32(b, 10),
+                        fua,
+                        dpo,
+                    },
                 }
             }
             op::SYNCHRONIZE_CACHE_10 => {
