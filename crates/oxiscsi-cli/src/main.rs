@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         }
     };
     common::init_tracing(cli.common.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
