@@ -2,11 +2,16 @@
 
 pub mod chap;
 pub mod initiator;
+pub mod target;
 
 use std::time::Duration;
 
 pub use chap::{ChapAlgorithm, ChapConfig, ChapCredentials, ChapError};
 pub use initiator::{InitiatorLogin, LoginConfig, LoginOutcome, LoginStep, SessionType};
+pub use target::{
+    Admission, Directory, TargetChap, TargetLogin, TargetLoginConfig, TargetLoginError,
+    TargetLoginOutcome, TargetLoginStep,
+};
 
 use crate::pdu::LoginStatus;
 use crate::text::{NegotiationError, TextError};
