@@ -62,6 +62,8 @@ pub struct TargetLoginConfig {
     pub timeout: Duration,
     /// The StatSN of the first Login Response.
     pub initial_stat_sn: SerialNumber,
+    /// The command window the final Login Response opens (MaxCmdSN = CmdSN + depth − 1).
+    pub queue_depth: u32,
 }
 
 impl TargetLoginConfig {
@@ -792,6 +794,9 @@ impl TargetLogin {
             LoginStatus::SUCCESS,
             tsih,
         );
+        if let Some(Pdu::LoginResponse(r)) = self.outq.back_mut() {
+            r.max_cmd_sn = r.exp_cmd_sn.plus(self.cfg.queue_depth.max(1) - 1);
+        }
         Ok(TargetLoginStep::Complete(Box::new(TargetLoginOutcome {
             initiator_name: first.initiator,
             initiator_alias: first.alias,

@@ -8,6 +8,7 @@
 pub mod discovery;
 pub mod error;
 pub mod initiator;
+pub mod target;
 pub mod task;
 pub mod timers;
 pub mod window;
@@ -15,4 +16,5 @@ pub mod window;
 pub use discovery::{parse_send_targets, DiscoveredTarget, Portal};
 pub use error::{ProtocolError, TaskError};
 pub use initiator::{ConnectionConfig, Event, InitiatorConnection, TaskId};
+pub use target::{ScsiOutcome, ScsiTask, TargetConfig, TargetConnection, TargetEvent};
 pub use task::{Command, Residual, ScsiResult};

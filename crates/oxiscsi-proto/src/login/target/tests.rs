@@ -50,6 +50,7 @@ fn tcfg() -> TargetLoginConfig {
         target_portal_group_tag: 1,
         timeout: Duration::from_secs(15),
         initial_stat_sn: SerialNumber(1000),
+        queue_depth: 32,
     }
 }
 
@@ -125,6 +126,7 @@ fn none_login_reaches_full_feature_with_matching_params() {
     assert_eq!(t.target_name.as_deref(), Some(TGT));
     assert_eq!(t.exp_cmd_sn, SerialNumber(5));
     assert_eq!(i.cmd_sn, SerialNumber(5));
+    assert_eq!(i.max_cmd_sn, SerialNumber(5 + 31));
     // StatSN continuity: the initiator expects what the target will send next.
     assert_eq!(i.exp_stat_sn, t.stat_sn);
     // Each side sends at most what the other declared.
