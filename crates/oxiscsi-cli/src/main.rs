@@ -21,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "oxiscsi",
     version,
-    about = "User-space iSCSI tools: discovery, inquiry, capacity, copy and load generation",
+    about = "User-space iSCSI: tools (discovery, inquiry, capacity, copy, load) and a target",
     after_help = "URLs: iscsi://[user[%password]@]host[:port]/target-iqn/lun  (IPv6 as [::1])\n\
                   Secrets may come from OXISCSI_CHAP_PASSWORD, and for mutual CHAP from\n\
                   OXISCSI_TARGET_CHAP_USER / OXISCSI_TARGET_CHAP_PASSWORD.\n\
@@ -47,6 +47,11 @@ enum Command {
     Dd(cmd::dd::Args),
     /// Load generator in the manner of iscsi-perf (reads, or writes with --write).
     Perf(cmd::perf::Args),
+    /// Serve a target (foreground): --listen, --iqn, --lun, --chap, --allow ...
+    Target(cmd::target::Args),
+    /// The main job on an embedded default: in-process target with a RAM LUN, discover,
+    /// log in, write, read back, verify, log out.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -62,10 +67,14 @@ fn main() -> ExitCode {
         }
     };
     common::init_tracing(cli.common.verbose);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The tools run on one thread, like libiscsi's event loop (fewer wake-ups and
+    // context switches per I/O); the target serves many connections on all cores.
+    let mut builder = if matches!(cli.command, Command::Target(_)) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oxiscsi: cannot start the async runtime: {e}");
@@ -79,6 +88,8 @@ fn main() -> ExitCode {
             Command::Readcap(a) => cmd::readcap::run(&cli.common, a).await,
             Command::Dd(a) => cmd::dd::run(&cli.common, a).await,
             Command::Perf(a) => cmd::perf::run(&cli.common, a).await,
+            Command::Target(a) => cmd::target::run(&cli.common, a).await,
+            Command::Demo(a) => cmd::demo::run(&cli.common, a).await,
         }
     });
     // Do not wait for sessions still logging out in the background.

@@ -713,13 +713,9 @@ impl TargetLogin {
                 self.chap_user = Some(name.to_string());
                 // Mutual CHAP: the initiator challenges us.
                 match (get("CHAP_I"), get("CHAP_C")) {
-                    (None, None) => {
-                        if chap.mutual.is_some() {
-                            return Err(auth_fail(
-                                "this target requires mutual CHAP but the initiator sent no CHAP_I/CHAP_C".into(),
-                            ));
-                        }
-                    }
+                    // One-way: the initiator does not ask us to prove ourselves; a
+                    // configured mutual account only answers when asked (as tgt and LIO).
+                    (None, None) => {}
                     (Some(i), Some(c)) => {
                         let Some(m) = &chap.mutual else {
                             return Err(auth_fail(

@@ -653,26 +653,15 @@ impl TargetConnection {
         let data = outcome.data;
         let edtl = task.read_len as usize;
         let send = data.len().min(edtl);
-        // §11.4.5: residuals against ExpectedDataTransferLength.
-        let (over, under, residual) = if task.read_len > 0 || task.write_len == 0 {
-            if data.len() > edtl {
-                (true, false, (data.len() - edtl) as u32)
-            } else {
-                (false, edtl > data.len(), (edtl - data.len()) as u32)
-            }
-        } else {
-            let need = outcome.write_len_needed.unwrap_or(task.write_len);
-            if need > task.write_len {
-                (true, false, need - task.write_len)
-            } else {
-                (false, need < task.write_len, task.write_len - need)
-            }
-        };
-        let (over, under, residual) = if task.read_len == 0 && task.write_len == 0 {
-            // No data expected: a command that would return data overflows.
-            (!data.is_empty(), false, data.len() as u32)
-        } else {
-            (over, under, residual)
+        // §11.4.5: residuals against ExpectedDataTransferLength. For a write, what the
+        // CDB asked to transfer against what the initiator said it would send; for
+        // anything else, the data produced against the read length.
+        let (over, under, residual) = match outcome.write_len_needed {
+            Some(need) if need > task.write_len => (true, false, need - task.write_len),
+            Some(need) => (false, need < task.write_len, task.write_len - need),
+            None if data.len() > edtl => (true, false, (data.len() - edtl) as u32),
+            None if task.read_len > 0 => (false, edtl > data.len(), (edtl - data.len()) as u32),
+            None => (false, false, 0),
         };
         // Status rides on the last Data-In when there is no sense to send (§11.7.4).
         let collapse = send > 0 && outcome.sense.is_empty();

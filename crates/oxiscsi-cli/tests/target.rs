@@ -1,0 +1,245 @@
+//! The `oxiscsi target` binary against real peers: libiscsi's tools and its compliance
+//! suite, our own tools, and kill -9 / restart / SIGTERM. `oxiscsi demo` end to end.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IQN: &str = "iqn.2026-11.rs.oxiscsi:cu";
+
+fn ox() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_oxiscsi"))
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `oxiscsi target` as a child process, killed (SIGKILL) on drop.
+struct Target {
+    child: Child,
+    port: u16,
+}
+
+impl Target {
+    fn start(port: u16, extra: &[&str]) -> Target {
+        let mut c = ox();
+        c.args([
+            "target",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--iqn",
+            IQN,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut child = c.spawn().expect("start oxiscsi target");
+        // It prints "listening on ..." once the portal is bound.
+        let out = child.stdout.take().unwrap();
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("listening on"),
+            "unexpected first line: {line:?}"
+        );
+        // Keep draining its stdout so it never writes into a closed pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Target { child, port }
+    }
+
+    fn url(&self, lun: u16) -> String {
+        format!("iscsi://127.0.0.1:{}/{IQN}/{lun}", self.port)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit up to `d`; the exit status if it ended.
+    fn wait_for(&mut self, d: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let o = cmd.output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
+#[test]
+fn demo_runs_on_the_embedded_default() {
+    let (ok, out) = run(ox().args(["demo", "--mib", "8"]));
+    assert!(ok, "{out}");
+    assert!(out.contains("verified 8 MiB"), "{out}");
+    assert!(out.contains("logout   ok"), "{out}");
+    assert!(out.contains("MaxRecvDataSegmentLength="), "{out}");
+}
+
+#[test]
+fn libiscsi_tools_and_ours_work_against_our_target() {
+    let t = Target::start(free_port(), &["--lun", "1:mem:64M", "--lun", "2:mem:16M"]);
+    let (ok, out) =
+        run(Command::new("iscsi-ls").args(["-s", &format!("iscsi://127.0.0.1:{}", t.port)]));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("Target:{IQN} Portal:127.0.0.1:{},1", t.port)),
+        "{out}"
+    );
+    assert!(out.contains("Lun:1") && out.contains("Lun:2"), "{out}");
+    let (ok, out) = run(Command::new("iscsi-inq").arg(t.url(1)));
+    assert!(ok, "{out}");
+    assert!(out.contains("Vendor:OXISCSI"), "{out}");
+    let (ok, out) =
+        run(Command::new("iscsi-perf").args(["-t", "1", "-m", "8", "-b", "8", "-r", &t.url(1)]));
+    assert!(ok, "{out}");
+    assert!(out.contains("iops average"), "{out}");
+    // Our tools, with digests.
+    let (ok, out) = run(ox().args([
+        "--header-digest",
+        "crc32c",
+        "--data-digest",
+        "crc32c",
+        "readcap",
+        &t.url(2),
+    ]));
+    assert!(ok, "{out}");
+    assert!(out.contains("32768"), "{out}");
+    let (ok, out) = run(ox().args(["perf", "-t", "1", "-m", "32", "--write", &t.url(1)]));
+    assert!(ok, "{out}");
+}
+
+/// Known failures of libiscsi's compliance suite against our target, by suite.test.
+/// Every other test must pass; this list only shrinks (issue 3 wants it empty).
+const KNOWN_FAILURES: &[&str] = &[
+    // WRITE SAME 16 with UNMAP at the end of the LUN (test line 204): under study.
+    "WriteSame16.Unmap",
+    // A Data-Out with a bad DataSN must fail the WRITE; we close the connection, and
+    // one of the four cases still completes (under study; tgtd fails it too).
+    "iSCSIdatasn.iSCSIDataSnInvalid",
+];
+
+#[test]
+fn iscsi_test_cu_compliance_suite() {
+    let t = Target::start(free_port(), &["--lun", "1:mem:256M"]);
+    let o = Command::new("iscsi-test-cu")
+        .args(["-d", "-n", &t.url(1)])
+        .output()
+        .expect("run iscsi-test-cu");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let summary: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("tests "))
+        .collect();
+    println!("iscsi-test-cu: {}", summary.join(" | "));
+    let mut failed: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("Suite ")?;
+            let (suite, rest) = l.split_once(", Test ")?;
+            let test = rest.strip_suffix(" had failures:")?;
+            Some(format!("{suite}.{test}"))
+        })
+        .collect();
+    failed.sort();
+    failed.dedup();
+    let unexpected: Vec<&String> = failed
+        .iter()
+        .filter(|f| !KNOWN_FAILURES.contains(&f.as_str()))
+        .collect();
+    assert!(!summary.is_empty(), "no summary from iscsi-test-cu:\n{out}");
+    assert!(
+        unexpected.is_empty(),
+        "new compliance failures: {unexpected:?}\n{}",
+        out.lines()
+            .filter(|l| l.contains("FAILED")
+                || l.contains("had failures")
+                || l.contains("CU_ASSERT"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn kill_9_then_restart_and_sigterm_stop() {
+    let port = free_port();
+    let mut t = Target::start(port, &["--lun", "1:mem:16M"]);
+    let (ok, out) = run(Command::new("iscsi-inq").arg(t.url(1)));
+    assert!(ok, "{out}");
+    t.signal(libc::SIGKILL);
+    assert!(t.wait_for(Duration::from_secs(5)).is_some());
+    drop(t);
+    // Same portal again: libiscsi and our tools get back in.
+    let mut t = Target::start(port, &["--lun", "1:mem:16M"]);
+    let (ok, out) = run(Command::new("iscsi-inq").arg(t.url(1)));
+    assert!(ok, "{out}");
+    let (ok, out) = run(ox().args(["inq", &t.url(1)]));
+    assert!(ok, "{out}");
+    // SIGTERM with a session doing I/O: the target asks it to log out and exits in time.
+    let mut perf = ox()
+        .args(["perf", "-t", "30", "-m", "32", "--write", &t.url(1)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let t0 = Instant::now();
+    t.signal(libc::SIGTERM);
+    let status = t.wait_for(Duration::from_secs(15));
+    assert!(
+        status.is_some(),
+        "target did not exit within 15 s of SIGTERM"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    let p = perf.wait_timeout_or_kill(Duration::from_secs(20));
+    assert!(p, "the initiator did not end after the target stopped");
+}
+
+trait WaitTimeout {
+    fn wait_timeout_or_kill(&mut self, d: Duration) -> bool;
+}
+
+impl WaitTimeout for Child {
+    fn wait_timeout_or_kill(&mut self, d: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            if self.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.kill();
+        let _ = self.wait();
+        false
+    }
+}

@@ -1,0 +1,220 @@
+//! Where a logical unit's blocks live: a regular file or block device, or memory.
+//! Every method is synchronous and reports the OS error; the LU maps it to sense.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use rustix::fs::FallocateFlags;
+
+/// A logical unit's storage.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Size in bytes.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make every completed write durable (fdatasync).
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocate a range; it reads back as zeros (UNMAP, WRITE SAME with UNMAP).
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// A stable description for logs and for deriving device identifiers.
+    fn describe(&self) -> String;
+}
+
+/// A regular file or block device, read and written with pread/pwrite.
+#[derive(Debug)]
+pub struct FileBackend {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl FileBackend {
+    /// Open `path`; create it sparse at `size` bytes if missing. An existing file keeps
+    /// its size unless `size` is given and larger (it is then extended, sparse).
+    pub fn open(path: &Path, size: Option<u64>, read_only: bool) -> io::Result<FileBackend> {
+        let exists = path.exists();
+        if !exists && size.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} does not exist; give a size (N:{},size=1G) to create it",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .create(!exists && !read_only)
+            .truncate(false)
+            .open(path)?;
+        let meta = file.metadata()?;
+        let mut len = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            // Block devices report 0 in metadata; seek to the end instead.
+            use std::io::Seek;
+            let mut f = &file;
+            f.seek(io::SeekFrom::End(0))?
+        };
+        if let Some(s) = size {
+            if s > len && meta.file_type().is_file() && !read_only {
+                file.set_len(s)?;
+                len = s;
+            }
+        }
+        Ok(FileBackend {
+            file,
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+}
+
+impl Backend for FileBackend {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        rustix::fs::fdatasync(&self.file).map_err(io::Error::from)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Ok(()) => Ok(()),
+            // Block devices and some filesystems cannot punch: write zeros instead.
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NODEV => {
+                let zeros = vec![0u8; 1 << 20];
+                let mut off = offset;
+                let end = offset + len;
+                while off < end {
+                    let n = (end - off).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], off)?;
+                    off += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Blocks in memory (`--lun N:mem:SIZE`): gone when the target stops.
+#[derive(Debug)]
+pub struct MemBackend {
+    data: RwLock<Vec<u8>>,
+    id: String,
+}
+
+impl MemBackend {
+    pub fn new(size: u64, id: &str) -> io::Result<MemBackend> {
+        let size = usize::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+        Ok(MemBackend {
+            data: RwLock::new(vec![0; size]),
+            id: id.to_string(),
+        })
+    }
+
+    fn range(&self, offset: u64, len: usize, total: usize) -> io::Result<std::ops::Range<usize>> {
+        let start = usize::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let end = start.checked_add(len).ok_or(io::ErrorKind::InvalidInput)?;
+        if end > total {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "access past the end of the memory LUN",
+            ));
+        }
+        Ok(start..end)
+    }
+}
+
+impl Backend for MemBackend {
+    fn len(&self) -> u64 {
+        self.data.read().map_or(0, |d| d.len() as u64)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let d = self.data.read().map_err(|_| io::ErrorKind::Other)?;
+        let r = self.range(offset, buf.len(), d.len())?;
+        buf.copy_from_slice(&d[r]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut d = self.data.write().map_err(|_| io::ErrorKind::Other)?;
+        let r = self.range(offset, data.len(), d.len())?;
+        d[r].copy_from_slice(data);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut d = self.data.write().map_err(|_| io::ErrorKind::Other)?;
+        let len = usize::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        let r = self.range(offset, len, d.len())?;
+        d[r].fill(0);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        format!("mem:{}", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_backend_creates_sparse_and_punches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lun.img");
+        assert!(FileBackend::open(&p, None, false).is_err());
+        let b = FileBackend::open(&p, Some(1 << 20), false).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+        b.write_at(4096, &[7u8; 8192]).unwrap();
+        b.flush().unwrap();
+        let mut buf = vec![0u8; 8192];
+        b.read_at(4096, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 7));
+        b.punch_hole(4096, 4096).unwrap();
+        b.read_at(4096, &mut buf).unwrap();
+        assert!(buf[..4096].iter().all(|&x| x == 0));
+        assert!(buf[4096..].iter().all(|&x| x == 7));
+        // Reopen keeps the data and size.
+        drop(b);
+        let b = FileBackend::open(&p, Some(4096), true).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+    }
+
+    #[test]
+    fn mem_backend_bounds() {
+        let m = MemBackend::new(8192, "t").unwrap();
+        assert!(m.write_at(8000, &[1u8; 512]).is_err());
+        m.write_at(0, &[1u8; 512]).unwrap();
+        m.punch_hole(0, 256).unwrap();
+        let mut b = [9u8; 512];
+        m.read_at(0, &mut b).unwrap();
+        assert_eq!(b[255], 0);
+        assert_eq!(b[256], 1);
+    }
+}

@@ -1,0 +1,276 @@
+//! A SCSI block device (SPC-4 / SBC-3) over a [`Backend`]: decodes each CDB, checks it,
+//! runs it and answers with status, sense and data. Every error is a specific sense
+//! key/ASC/ASCQ (see [`ScsiError`]); nothing from the initiator panics.
+//!
+//! Modules: [`inquiry`] (INQUIRY and VPD pages), [`rw`] (media access commands),
+//! [`mode`] (MODE SENSE pages).
+
+mod inquiry;
+mod mode;
+mod rw;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use oxiscsi_proto::pdu::ScsiStatus;
+use oxiscsi_proto::session::{ScsiOutcome, ScsiTask};
+use oxiscsi_scsi::{Sense, SenseKey};
+use sha2::{Digest, Sha256};
+
+use crate::backend::Backend;
+
+/// A SCSI error with its sense code (SPC-4 §4.5.6), mapped to the wire by
+/// [`ScsiError::outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScsiError {
+    pub key: SenseKey,
+    pub asc: u8,
+    pub ascq: u8,
+}
+
+impl ScsiError {
+    pub const INVALID_OPCODE: ScsiError = ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x20, 0x00);
+    pub const LBA_OUT_OF_RANGE: ScsiError = ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x21, 0x00);
+    pub const INVALID_FIELD_IN_CDB: ScsiError =
+        ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x24, 0x00);
+    pub const INVALID_FIELD_IN_PARAMETER_LIST: ScsiError =
+        ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x26, 0x00);
+    pub const PARAMETER_LIST_LENGTH: ScsiError =
+        ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x1a, 0x00);
+    pub const LUN_NOT_SUPPORTED: ScsiError = ScsiError::new(SenseKey::ILLEGAL_REQUEST, 0x25, 0x00);
+    pub const WRITE_PROTECTED: ScsiError = ScsiError::new(SenseKey::DATA_PROTECT, 0x27, 0x00);
+    pub const MISCOMPARE: ScsiError = ScsiError::new(SenseKey::MISCOMPARE, 0x1d, 0x00);
+    pub const READ_ERROR: ScsiError = ScsiError::new(SenseKey::MEDIUM_ERROR, 0x11, 0x00);
+    pub const WRITE_ERROR: ScsiError = ScsiError::new(SenseKey::MEDIUM_ERROR, 0x0c, 0x00);
+    pub const POWER_ON: ScsiError = ScsiError::new(SenseKey::UNIT_ATTENTION, 0x29, 0x00);
+    pub const LUN_RESET: ScsiError = ScsiError::new(SenseKey::UNIT_ATTENTION, 0x29, 0x03);
+
+    pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> ScsiError {
+        ScsiError { key, asc, ascq }
+    }
+
+    /// CHECK CONDITION with this sense, fixed or descriptor format (D_SENSE).
+    pub fn outcome(self, descriptor: bool) -> ScsiOutcome {
+        let sense = if descriptor {
+            Sense::descriptor(self.key, self.asc, self.ascq)
+        } else {
+            Sense::fixed(self.key, self.asc, self.ascq)
+        };
+        ScsiOutcome {
+            status: ScsiStatus::CHECK_CONDITION,
+            sense: Bytes::from(sense),
+            ..Default::default()
+        }
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, ScsiError>;
+
+/// Who is talking to the LU: the I_T nexus (initiator name + ISID), for unit attentions.
+pub type Nexus = String;
+
+/// Settings of one logical unit.
+#[derive(Debug, Clone)]
+pub struct LuConfig {
+    pub block_size: u32,
+    pub read_only: bool,
+    /// Seed for the serial number and NAA identifier (target IQN + LUN): stable across
+    /// restarts for the same configuration.
+    pub id_seed: String,
+    pub product: String,
+}
+
+/// One logical unit.
+#[derive(Debug)]
+pub struct LogicalUnit {
+    backend: Arc<dyn Backend>,
+    cfg: LuConfig,
+    blocks: u64,
+    /// Write cache enabled (caching mode page): writes are durable only after
+    /// SYNCHRONIZE CACHE or FUA. Off means every write is followed by fdatasync.
+    wce: AtomicBool,
+    /// Descriptor-format sense (control mode page D_SENSE).
+    d_sense: AtomicBool,
+    /// Software write protect (control mode page SWP).
+    swp: AtomicBool,
+    serial: String,
+    naa: [u8; 8],
+    unit_attentions: Mutex<HashMap<Nexus, Vec<ScsiError>>>,
+}
+
+/// Largest transfer one command may move, in bytes (VPD B0 says it in blocks).
+pub const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+
+impl LogicalUnit {
+    pub fn new(backend: Arc<dyn Backend>, cfg: LuConfig) -> LogicalUnit {
+        let bs = u64::from(cfg.block_size.max(512));
+        let blocks = backend.len() / bs;
+        let h = Sha256::digest(cfg.id_seed.as_bytes());
+        // NAA 6 (IEEE registered extended) with a locally chosen OUI-like prefix.
+        let mut naa = [0u8; 8];
+        naa.copy_from_slice(&h[..8]);
+        naa[0] = 0x60 | (naa[0] & 0x0f);
+        let serial: String = h[8..16].iter().map(|b| format!("{b:02x}")).collect();
+        LogicalUnit {
+            backend,
+            blocks,
+            wce: AtomicBool::new(true),
+            d_sense: AtomicBool::new(false),
+            swp: AtomicBool::new(false),
+            serial,
+            naa,
+            cfg,
+            unit_attentions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.cfg.block_size
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn write_protected(&self) -> bool {
+        self.cfg.read_only || self.swp.load(Ordering::Relaxed)
+    }
+
+    /// A new I_T nexus sees POWER ON OCCURRED once (SAM-5 §6.3.1).
+    pub fn add_nexus(&self, nexus: &str) {
+        if let Ok(mut ua) = self.unit_attentions.lock() {
+            ua.insert(nexus.to_string(), vec![ScsiError::POWER_ON]);
+        }
+    }
+
+    pub fn remove_nexus(&self, nexus: &str) {
+        if let Ok(mut ua) = self.unit_attentions.lock() {
+            ua.remove(nexus);
+        }
+    }
+
+    /// After a LUN or target reset: every nexus sees the reset once.
+    pub fn reset(&self) {
+        if let Ok(mut ua) = self.unit_attentions.lock() {
+            for v in ua.values_mut() {
+                v.retain(|e| *e != ScsiError::LUN_RESET);
+                v.push(ScsiError::LUN_RESET);
+            }
+        }
+    }
+
+    fn take_unit_attention(&self, nexus: &str) -> Option<ScsiError> {
+        let mut ua = self.unit_attentions.lock().ok()?;
+        let v = ua.get_mut(nexus)?;
+        if v.is_empty() {
+            None
+        } else {
+            Some(v.remove(0))
+        }
+    }
+
+    /// Run one command for `nexus`.
+    pub fn execute(&self, nexus: &str, task: &ScsiTask) -> ScsiOutcome {
+        let d_sense = self.d_sense.load(Ordering::Relaxed);
+        let cdb = &task.cdb[..];
+        let Some(&op) = cdb.first() else {
+            return ScsiError::INVALID_OPCODE.outcome(d_sense);
+        };
+        // SPC-4 §5.14: INQUIRY, REPORT LUNS and REQUEST SENSE do not report a unit
+        // attention; everything else reports it first and is not run.
+        if !matches!(op, 0x12 | 0xa0 | 0x03) {
+            if let Some(ua) = self.take_unit_attention(nexus) {
+                return ua.outcome(d_sense);
+            }
+        }
+        match self.dispatch(nexus, op, cdb, task) {
+            Ok(o) => o,
+            Err(e) => e.outcome(self.d_sense.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn dispatch(&self, nexus: &str, op: u8, cdb: &[u8], task: &ScsiTask) -> Result<ScsiOutcome> {
+        let need = match op {
+            0x00..=0x1f => 6,
+            0x20..=0x5f => 10,
+            0x80..=0x9f => 16,
+            0xa0..=0xbf => 12,
+            _ => 6,
+        };
+        if cdb.len() < need {
+            return Err(ScsiError::INVALID_FIELD_IN_CDB);
+        }
+        match op {
+            0x00 => Ok(ScsiOutcome::default()), // TEST UNIT READY
+            0x03 => Ok(self.request_sense(nexus, cdb)),
+            0x12 => self.inquiry(cdb),
+            0x1a | 0x5a => self.mode_sense(cdb),
+            0x1b | 0x1e => Ok(ScsiOutcome::default()), // START STOP UNIT, PREVENT ALLOW
+            0x25 => Ok(self.read_capacity10()),
+            0x9e if cdb[1] & 0x1f == 0x10 => Ok(self.read_capacity16(cdb)),
+            0x08 | 0x28 | 0xa8 | 0x88 => self.read(op, cdb, task),
+            0x0a | 0x2a | 0xaa | 0x8a => self.write(op, cdb, task),
+            0x2f | 0xaf | 0x8f => self.verify(op, cdb, task),
+            0x35 | 0x91 => self.synchronize_cache(op, cdb),
+            0x41 | 0x93 => self.write_same(op, cdb, task),
+            0x42 => self.unmap(cdb, task),
+            _ => Err(ScsiError::INVALID_OPCODE),
+        }
+    }
+
+    fn request_sense(&self, nexus: &str, cdb: &[u8]) -> ScsiOutcome {
+        let alloc = usize::from(cdb[4]);
+        let desc = cdb[1] & 1 == 1;
+        let sense = match self.take_unit_attention(nexus) {
+            Some(e) => {
+                if desc {
+                    Sense::descriptor(e.key, e.asc, e.ascq)
+                } else {
+                    Sense::fixed(e.key, e.asc, e.ascq)
+                }
+            }
+            None if desc => Sense::descriptor(SenseKey::NO_SENSE, 0, 0),
+            None => Sense::fixed(SenseKey::NO_SENSE, 0, 0),
+        };
+        alloc_truncate(sense, alloc)
+    }
+
+    fn read_capacity10(&self) -> ScsiOutcome {
+        let last = self.blocks.saturating_sub(1).min(0xffff_ffff) as u32;
+        let mut d = Vec::with_capacity(8);
+        d.extend_from_slice(&last.to_be_bytes());
+        d.extend_from_slice(&self.cfg.block_size.to_be_bytes());
+        ScsiOutcome {
+            data: Bytes::from(d),
+            ..Default::default()
+        }
+    }
+
+    fn read_capacity16(&self, cdb: &[u8]) -> ScsiOutcome {
+        let alloc = u32::from_be_bytes([cdb[10], cdb[11], cdb[12], cdb[13]]) as usize;
+        let mut d = vec![0u8; 32];
+        d[..8].copy_from_slice(&self.blocks.saturating_sub(1).to_be_bytes());
+        d[8..12].copy_from_slice(&self.cfg.block_size.to_be_bytes());
+        // LBPME: thin provisioning (UNMAP works); LBPRZ: unmapped blocks read as zeros.
+        d[14] = 0x80 | 0x40;
+        alloc_truncate(d, alloc)
+    }
+}
+
+/// Data truncated to the CDB's allocation length.
+pub(crate) fn alloc_truncate(mut d: Vec<u8>, alloc: usize) -> ScsiOutcome {
+    d.truncate(alloc);
+    ScsiOutcome {
+        data: Bytes::from(d),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! Our initiator against our target, over real TCP on loopback: login variants, data
+//! integrity, ACLs, errors, graceful stop.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use oxiscsi_initiator::proto::login::{ChapAlgorithm, ChapConfig, ChapCredentials};
+use oxiscsi_initiator::{discover, DigestChoice, Error, Session, SessionConfig};
+use oxiscsi_target::config::{Backing, LunSpec, TargetSpec};
+use oxiscsi_target::{Server, ServerHandle, TargetConfig};
+use rand::{Rng, RngCore, SeedableRng};
+
+const IQN: &str = "iqn.2026-11.rs.oxiscsi:test";
+
+fn creds(u: &str, s: &str) -> ChapCredentials {
+    ChapCredentials {
+        user: u.into(),
+        secret: s.as_bytes().to_vec(),
+    }
+}
+
+fn spec(luns: Vec<LunSpec>) -> TargetSpec {
+    TargetSpec {
+        iqn: IQN.into(),
+        alias: None,
+        luns,
+        chap: None,
+        mutual_chap: None,
+        allow: Vec::new(),
+    }
+}
+
+fn mem_lun(lun: u16, mib: u64) -> LunSpec {
+    LunSpec {
+        lun,
+        backing: Backing::Mem { size: mib << 20 },
+        read_only: false,
+    }
+}
+
+async fn start(targets: Vec<TargetSpec>) -> (ServerHandle, String) {
+    let cfg = TargetConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        targets,
+        ..TargetConfig::default()
+    };
+    let s = Server::bind(cfg).await.unwrap();
+    let addr = s.local_addrs()[0].to_string();
+    (s.spawn(), addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qd32_mixed_sizes_bit_exact_with_digests() {
+    let (h, portal) = start(vec![spec(vec![mem_lun(1, 64)])]).await;
+    for digests in [false, true] {
+        let mut cfg = SessionConfig::new(portal.clone(), IQN);
+        if digests {
+            cfg.header_digest = DigestChoice::Crc32c;
+            cfg.data_digest = DigestChoice::Crc32c;
+        }
+        let s = Session::connect(cfg).await.unwrap();
+        assert_eq!(
+            s.info().params.header_digest != oxiscsi_initiator::proto::digest::Digest::None,
+            digests
+        );
+        let total_blocks = 64u64 * 2048;
+        let mut model = vec![0u8; (total_blocks * 512) as usize];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(if digests { 2 } else { 1 });
+        let mut pending = Vec::new();
+        let mut lba = 0u64;
+        // 16 MiB of writes from one block to 1 MiB, 32 in flight, non-overlapping.
+        while lba < 32768 {
+            let blocks = [1u64, 8, 64, 255, 2048][rng.gen_range(0..5)].min(32768 - lba);
+            let mut d = vec![0u8; (blocks * 512) as usize];
+            rng.fill_bytes(&mut d);
+            model[(lba * 512) as usize..((lba + blocks) * 512) as usize].copy_from_slice(&d);
+            let s2 = s.clone();
+            pending.push(tokio::spawn(async move {
+                s2.write(1, lba, Bytes::from(d)).await
+            }));
+            if pending.len() == 32 {
+                pending.remove(0).await.unwrap().unwrap();
+            }
+            lba += blocks;
+        }
+        for p in pending {
+            p.await.unwrap().unwrap();
+        }
+        s.flush(1).await.unwrap();
+        let mut got = Vec::new();
+        for i in 0..16u64 {
+            got.extend_from_slice(&s.read(1, i * 2048, 2048).await.unwrap());
+        }
+        assert!(
+            got[..] == model[..16 << 20],
+            "read back differs (digests {digests})"
+        );
+        s.logout().await.unwrap();
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chap_all_algorithms_one_way_and_mutual_and_wrong_secret() {
+    let mut t = spec(vec![mem_lun(1, 1)]);
+    t.chap = Some(creds("alice", "alicesecret12"));
+    t.mutual_chap = Some(creds("tgt", "targetsecret12"));
+    let (h, portal) = start(vec![t]).await;
+    for alg in ChapConfig::DEFAULT_ALGORITHMS {
+        for mutual in [false, true] {
+            let mut cfg = SessionConfig::new(portal.clone(), IQN);
+            cfg.chap = Some(ChapConfig {
+                initiator: creds("alice", "alicesecret12"),
+                target: mutual.then(|| creds("tgt", "targetsecret12")),
+                algorithms: vec![alg],
+            });
+            let s = Session::connect(cfg)
+                .await
+                .unwrap_or_else(|e| panic!("{alg:?} mutual={mutual}: {e}"));
+            assert_eq!(s.info().chap, Some(alg));
+            assert_eq!(s.info().mutual_chap, mutual);
+            s.inquiry(1).await.unwrap();
+            s.logout().await.unwrap();
+        }
+    }
+    let mut cfg = SessionConfig::new(portal.clone(), IQN);
+    cfg.chap = Some(ChapConfig {
+        initiator: creds("alice", "wrongsecret12"),
+        target: None,
+        algorithms: vec![ChapAlgorithm::MD5],
+    });
+    let e = Session::connect(cfg).await.unwrap_err();
+    assert!(e.is_login(), "{e}");
+    assert!(
+        e.to_string().contains("authentication failure (0x0201)"),
+        "{e}"
+    );
+    // No CHAP at all.
+    let e = Session::connect(SessionConfig::new(portal.clone(), IQN))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("0x0201"), "{e}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_hides_and_refuses_and_unknown_target_is_not_found() {
+    let mut secret = spec(vec![mem_lun(1, 1)]);
+    secret.iqn = "iqn.2026-11.rs.oxiscsi:secret".into();
+    secret.allow = vec!["iqn.2026-11.rs.oxiscsi:only-me".into()];
+    let (h, portal) = start(vec![spec(vec![mem_lun(1, 1)]), secret]).await;
+    let found = discover(&portal).await.unwrap();
+    let names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec![IQN], "ACL'd target must not be listed");
+    assert_eq!(found[0].portals.len(), 1);
+    let e = Session::connect(SessionConfig::new(
+        portal.clone(),
+        "iqn.2026-11.rs.oxiscsi:secret",
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("0x0202"), "{e}");
+    let mut cfg = SessionConfig::new(portal.clone(), "iqn.2026-11.rs.oxiscsi:secret");
+    cfg.initiator_name = "iqn.2026-11.rs.oxiscsi:only-me".into();
+    Session::connect(cfg).await.unwrap().logout().await.unwrap();
+    let e = Session::connect(SessionConfig::new(
+        portal.clone(),
+        "iqn.2026-11.rs.oxiscsi:nope",
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("0x0203"), "{e}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scsi_errors_unmap_and_luns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lun2.img");
+    let (h, portal) = start(vec![spec(vec![
+        mem_lun(1, 1),
+        LunSpec {
+            lun: 2,
+            backing: Backing::File {
+                path: path.clone(),
+                size: Some(4 << 20),
+            },
+            read_only: false,
+        },
+        LunSpec {
+            lun: 3,
+            backing: Backing::Mem { size: 1 << 20 },
+            read_only: true,
+        },
+    ])])
+    .await;
+    let s = Session::connect(SessionConfig::new(portal, IQN))
+        .await
+        .unwrap();
+    assert_eq!(s.report_luns().await.unwrap(), vec![1, 2, 3]);
+    let cap = s.read_capacity(2).await.unwrap();
+    assert_eq!(cap.blocks(), 8192);
+    // Past the end.
+    let e = s.read(1, 2047, 2).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LOGICAL BLOCK ADDRESS OUT OF RANGE (0x21/0x00)"),
+        "{e}"
+    );
+    // Write-protected LUN.
+    let e = s
+        .write(3, 0, Bytes::from(vec![1u8; 512]))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("DATA PROTECT"), "{e}");
+    // UNMAP punches a hole in the file: the range reads zeros, the file stays its size.
+    s.write(2, 0, Bytes::from(vec![0xabu8; 1 << 20]))
+        .await
+        .unwrap();
+    s.unmap(2, &[(256, 512)]).await.unwrap();
+    let d = s.read(2, 0, 2048).await.unwrap();
+    assert!(d[..256 * 512].iter().all(|&b| b == 0xab));
+    assert!(d[256 * 512..768 * 512].iter().all(|&b| b == 0));
+    assert!(d[768 * 512..].iter().all(|&b| b == 0xab));
+    s.flush(2).await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+    // A LUN that does not exist.
+    let e = s.read_capacity(9).await.unwrap_err();
+    assert!(e.to_string().contains("0x25/0x00"), "{e}");
+    // VPD pages the issue names.
+    for page in [0x00u8, 0x80, 0x83, 0xb0, 0xb1, 0xb2] {
+        let v = s.inquiry_vpd(1, page).await.unwrap();
+        assert_eq!(v[1], page);
+    }
+    s.logout().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_ids_are_stable_across_restarts() {
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (h, portal) = start(vec![spec(vec![mem_lun(1, 1)])]).await;
+        let s = Session::connect(SessionConfig::new(portal, IQN))
+            .await
+            .unwrap();
+        ids.push((
+            s.inquiry_vpd(1, 0x80).await.unwrap(),
+            s.inquiry_vpd(1, 0x83).await.unwrap(),
+        ));
+        s.logout().await.unwrap();
+        h.shutdown().await;
+    }
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_asks_sessions_to_log_out_and_loses_no_acknowledged_write() {
+    let (h, portal) = start(vec![spec(vec![mem_lun(1, 8)])]).await;
+    let s = Session::connect(SessionConfig::new(portal.clone(), IQN))
+        .await
+        .unwrap();
+    // Writers keep going until the session ends; each acknowledged write is recorded.
+    let mut writers = Vec::new();
+    for w in 0..8u64 {
+        let s = s.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10_000u64 {
+                let lba = w * 1024 + (i % 128) * 8;
+                let d = Bytes::from(vec![(i % 251) as u8 + 1; 4096]);
+                match s.write(1, lba, d).await {
+                    Ok(()) => acked.push((lba, (i % 251) as u8 + 1)),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = std::time::Instant::now();
+    h.shutdown().await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(!acked.is_empty());
+    let reason = s.closed_reason().unwrap_or_default();
+    assert!(
+        reason.contains("logged out"),
+        "session ended with: {reason}"
+    );
+    // The data is in the RAM LUN of the stopped server; what counts here is that every
+    // write the initiator saw acknowledged was answered before the logout completed.
+    let e = s.read(1, 0, 1).await.unwrap_err();
+    assert!(matches!(e, Error::Closed(_)), "{e}");
+}
