@@ -172,3 +172,167 @@ pub fn initiator_login(data: &[u8]) {
         while l.poll_transmit().is_some() {}
     }
 }
+
+/// Feed arbitrary PDUs and clock ticks to a target connection, running every command it
+/// hands out. It must never panic; every PDU it sends must encode and decode unchanged;
+/// it never holds more tasks than its window and immediate-command bound allow.
+pub fn target_connection(data: &[u8]) {
+    use crate::pdu::ScsiStatus;
+    use crate::session::{ScsiOutcome, TargetConfig, TargetConnection, TargetEvent};
+    let t0 = Instant::now();
+    let params = OperationalParams {
+        initial_r2t: data.first().is_some_and(|b| b & 1 == 1),
+        immediate_data: data.first().is_some_and(|b| b & 2 == 2),
+        max_burst_length: 16384,
+        first_burst_length: 8192,
+        max_outstanding_r2t: 2,
+        max_recv_data_segment_length: 8192,
+        max_xmit_data_segment_length: 4096,
+        ..Default::default()
+    };
+    let depth = 8;
+    let mut c = TargetConnection::new(
+        params,
+        TargetConfig {
+            queue_depth: depth,
+            max_write_len: 1 << 20,
+            nop_interval: Some(Duration::from_secs(5)),
+            nop_timeout: Duration::from_secs(5),
+        },
+        SerialNumber(u32::MAX - 2),
+        SerialNumber(1),
+        t0,
+    );
+    let framer = Framer {
+        header_digest: Digest::None,
+        data_digest: Digest::None,
+        max_recv_data_segment: 8192,
+    };
+    let mut buf = BytesMut::from(data.get(1..).unwrap_or_default());
+    let mut now = t0;
+    loop {
+        match framer.decode(&mut buf) {
+            Ok(Some(p)) => c.handle_pdu(now, p),
+            Ok(None) => break,
+            Err(e) => {
+                let resynced = e.resynced;
+                c.handle_frame_error(e);
+                if !resynced {
+                    break;
+                }
+            }
+        }
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                TargetEvent::Execute(t) => {
+                    let n = (t.read_len as usize).min(20_000);
+                    let out = ScsiOutcome {
+                        status: if t.cdb.first() == Some(&0) {
+                            ScsiStatus::CHECK_CONDITION
+                        } else {
+                            ScsiStatus::GOOD
+                        },
+                        sense: if t.cdb.first() == Some(&0) {
+                            bytes::Bytes::from_static(&[0x70, 0, 5, 0, 0, 0, 0, 10])
+                        } else {
+                            bytes::Bytes::new()
+                        },
+                        data: vec![0xa5u8; n].into(),
+                        write_len_needed: None,
+                    };
+                    c.complete(t.itt, out);
+                }
+                TargetEvent::Text { itt, pairs } => {
+                    c.respond_text(itt, &pairs);
+                }
+                TargetEvent::Reset { .. } | TargetEvent::Close { .. } => {}
+            }
+        }
+        assert!(
+            c.active_tasks() <= depth as usize + crate::session::target::MAX_IMMEDIATE,
+            "more tasks than the window allows: {}",
+            c.active_tasks()
+        );
+        while let Some(p) = c.poll_transmit() {
+            let wire = Framer::encode(&p, Digest::None, Digest::None).to_vec();
+            let back = Framer {
+                max_recv_data_segment: 1 << 24,
+                ..framer
+            }
+            .decode(&mut BytesMut::from(&wire[..]));
+            assert_eq!(back, Ok(Some(p)), "a PDU we send did not round-trip");
+        }
+        now += Duration::from_millis(900);
+        c.handle_timeout(now);
+    }
+}
+
+/// Feed arbitrary PDUs to a target login (CHAP required or not). Never panics; a
+/// completed login always names an initiator, and a Normal one the only target.
+pub fn target_login(data: &[u8]) {
+    use crate::login::target::{
+        Admission, Directory, TargetChap, TargetLogin, TargetLoginConfig, TargetLoginStep,
+    };
+    use crate::pdu::LoginStatus;
+    struct Dir(bool);
+    impl Directory for Dir {
+        fn admit(&self, _: &str, _: SessionType, target: Option<&str>) -> Admission {
+            if target.is_some_and(|t| t != "iqn.2026-11.fuzz:t") {
+                return Admission::Refuse(LoginStatus::NOT_FOUND);
+            }
+            Admission::Accept {
+                chap: self.0.then(|| TargetChap {
+                    initiator: crate::login::ChapCredentials {
+                        user: "u".into(),
+                        secret: b"initiator-secret".to_vec(),
+                    },
+                    mutual: Some(crate::login::ChapCredentials {
+                        user: "t".into(),
+                        secret: b"target-secret-1".to_vec(),
+                    }),
+                    algorithms: crate::login::ChapConfig::DEFAULT_ALGORITHMS.to_vec(),
+                }),
+                target_alias: None,
+            }
+        }
+        fn tsih(&self, _: &str, _: Isid, requested: u16) -> Result<u16, LoginStatus> {
+            if requested == 0 {
+                Ok(1)
+            } else {
+                Err(LoginStatus::SESSION_DOES_NOT_EXIST)
+            }
+        }
+    }
+    let dir = Dir(data.first().is_some_and(|b| b & 1 == 1));
+    let mut l = TargetLogin::new(
+        TargetLoginConfig {
+            operational: TargetLoginConfig::default_operational(),
+            target_portal_group_tag: 1,
+            timeout: Duration::from_secs(15),
+            initial_stat_sn: SerialNumber(9),
+            queue_depth: 32,
+        },
+        Instant::now(),
+    );
+    let mut rng = rand::rngs::mock::StepRng::new(3, 11);
+    let framer = Framer::default();
+    let mut buf = BytesMut::from(data.get(1..).unwrap_or_default());
+    while let Ok(Some(p)) = framer.decode(&mut buf) {
+        let step = l.handle_pdu(p, &dir, &mut rng);
+        while l.poll_transmit().is_some() {}
+        match step {
+            TargetLoginStep::Continue => {}
+            TargetLoginStep::Complete(o) => {
+                assert!(!o.initiator_name.is_empty());
+                if o.session_type == SessionType::Normal {
+                    assert_eq!(o.target_name.as_deref(), Some("iqn.2026-11.fuzz:t"));
+                }
+                if dir.0 {
+                    assert!(o.chap_user.is_some(), "CHAP required but skipped");
+                }
+                break;
+            }
+            TargetLoginStep::Failed(_) => break,
+        }
+    }
+}

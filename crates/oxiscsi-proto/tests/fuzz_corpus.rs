@@ -40,3 +40,16 @@ fn initiator_connection_corpus() {
 fn initiator_login_corpus() {
     replay("initiator_login", oxiscsi_proto::fuzzing::initiator_login);
 }
+
+#[test]
+fn target_connection_corpus() {
+    replay(
+        "target_connection",
+        oxiscsi_proto::fuzzing::target_connection,
+    );
+}
+
+#[test]
+fn target_login_corpus() {
+    replay("target_login", oxiscsi_proto::fuzzing::target_login);
+}

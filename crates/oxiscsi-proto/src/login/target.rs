@@ -390,6 +390,14 @@ impl TargetLogin {
         if self.first.is_none() {
             self.first_request(req, &pairs, dir)?;
         }
+        // §6.3: the security stage is left only once authentication is complete (the
+        // fuzzer found a CHAP login that jumped to the operational stage mid-exchange).
+        if req.csg != Stage::Security && self.auth != Auth::Done {
+            return Err(refuse(
+                LoginStatus::AUTHENTICATION_FAILURE,
+                "left the security stage before authentication completed (RFC 7143 §6.3)",
+            ));
+        }
         self.stage = req.csg;
         let mut reply: Vec<(String, String)> = Vec::new();
         if !self.sent_tpgt && self.session_type() == SessionType::Normal {

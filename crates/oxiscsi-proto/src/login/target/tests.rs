@@ -519,3 +519,28 @@ fn deadline_is_reported() {
     assert!(!t.timed_out(now));
     assert!(t.timed_out(now + Duration::from_secs(16)));
 }
+
+#[test]
+fn leaving_security_mid_chap_is_refused() {
+    // Found by the target_login fuzz target: CHAP agreed, challenge sent, then the
+    // initiator jumps to the operational stage and asks for full feature phase.
+    let dir = Dir {
+        chap: Some(TargetChap {
+            initiator: creds("alice", "alicesecret12"),
+            mutual: None,
+            algorithms: vec![ChapAlgorithm::MD5],
+        }),
+    };
+    let (mut t, _, _) = chap_until_challenge(&dir);
+    let (s, _) = status_of(
+        &mut t,
+        &dir,
+        req(
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            &[("CHAP_N", "alice"), ("CHAP_R", "0x00")],
+        ),
+    );
+    assert_eq!(s, LoginStatus::AUTHENTICATION_FAILURE);
+}

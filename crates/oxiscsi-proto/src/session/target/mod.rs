@@ -29,6 +29,8 @@ use write::WriteState;
 
 /// Tag value meaning "none" (§11.2.1.8).
 const NO_TAG: u32 = 0xffff_ffff;
+/// Immediate commands (outside the CmdSN window) one connection may have running.
+pub const MAX_IMMEDIATE: usize = 16;
 /// Text one Text Request may gather across continued PDUs.
 const MAX_TEXT: usize = 64 * 1024;
 
@@ -438,6 +440,10 @@ impl TargetConnection {
         }
         if self.logout.is_some() {
             return self.reject_pdu(RejectReason::WAITING_FOR_LOGOUT, &pdu_for_reject());
+        }
+        if c.immediate && self.tasks.values().filter(|t| t.immediate).count() >= MAX_IMMEDIATE {
+            // Immediate commands bypass the window; bound them (§11.17.1 reason 6).
+            return self.reject_pdu(RejectReason::IMMEDIATE_COMMAND_REJECT, &pdu_for_reject());
         }
         if self.tasks.contains_key(&c.itt) || c.itt == NO_TAG {
             // §11.2.1.8: the ITT identifies one task; reusing a live one is an error.

@@ -1,8 +1,10 @@
 //! Gathering a write's data on the target: immediate data, unsolicited Data-Out up to
 //! FirstBurstLength, then R2T-solicited bursts of at most MaxBurstLength with at most
 //! MaxOutstandingR2T outstanding (RFC 7143 §4.2.2.2, §11.7, §11.8, §13.13–§13.17).
-//! Every Data-Out is checked (TTT, DataSN, offset, burst bounds) before a byte is kept;
-//! data only ever lands inside the buffer sized by ExpectedDataTransferLength.
+//! Every Data-Out is checked (TTT, DataSN, offset, burst bounds) before a byte is kept.
+//! With DataPDUInOrder and DataSequenceInOrder (the only values we accept) data arrives
+//! strictly by offset, so the buffer only grows by what arrived: a hostile initiator
+//! announcing huge writes costs no memory until it sends the bytes.
 
 use bytes::{Bytes, BytesMut};
 
@@ -44,11 +46,9 @@ impl WriteState {
         imm: Bytes,
         unsolicited_follows: bool,
     ) -> WriteState {
-        // The buffer is sized by the initiator's ExpectedDataTransferLength, which the
-        // caller bounded by max_write_len.
-        let mut buf = BytesMut::zeroed(total as usize);
+        let mut buf = BytesMut::with_capacity((total as usize).min(256 * 1024));
         let imm_len = imm.len() as u32;
-        buf[..imm.len()].copy_from_slice(&imm);
+        buf.extend_from_slice(&imm);
         let first_burst = params.first_burst_length.min(total);
         let unsolicited = (unsolicited_follows && !params.initial_r2t && imm_len < first_burst)
             .then_some((imm_len, first_burst, 0));
@@ -127,7 +127,7 @@ impl WriteState {
                     "unsolicited data past FirstBurstLength/expected length {limit} (RFC 7143 §13.14)"
                 )
             })?;
-            self.place(next, &d.data);
+            self.place(next, &d.data)?;
             if d.final_ {
                 self.unsolicited = None;
                 // Solicit whatever the initiator did not send unsolicited.
@@ -165,30 +165,37 @@ impl WriteState {
                 r.len
             ));
         }
-        r.received += len;
-        r.next_data_sn += 1;
-        let done = r.received == r.len;
+        let received = r.received + len;
+        let done = received == r.len;
         if d.final_ != done {
             return Err(format!(
                 "Data-Out F bit {} at {} of {} bytes of the burst (RFC 7143 §11.7.1)",
                 u8::from(d.final_),
-                r.received,
+                received,
                 r.len
             ));
         }
-        self.place(want, &d.data);
+        self.place(want, &d.data)?;
+        let r = &mut self.r2ts[i];
+        r.received = received;
+        r.next_data_sn += 1;
         if done {
             self.r2ts.remove(i);
         }
         Ok(())
     }
 
-    fn place(&mut self, offset: u32, data: &[u8]) {
-        let start = offset as usize;
-        // Bounds were checked against the R2T or FirstBurstLength, both within `total`.
-        if let Some(dst) = self.buf.get_mut(start..start + data.len()) {
-            dst.copy_from_slice(data);
-            self.received += data.len() as u32;
+    /// Append data at `offset`, which must be where the data so far ends.
+    fn place(&mut self, offset: u32, data: &[u8]) -> Result<(), String> {
+        if offset as usize != self.buf.len() {
+            return Err(format!(
+                "Data-Out at offset {offset} while the data so far ends at {} (DataSequenceInOrder, RFC 7143 §13.20)",
+                self.buf.len()
+            ));
         }
+        // Bounds were checked against the R2T or FirstBurstLength, both within `total`.
+        self.buf.extend_from_slice(data);
+        self.received += data.len() as u32;
+        Ok(())
     }
 }
