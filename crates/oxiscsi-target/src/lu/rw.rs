@@ -194,7 +194,8 @@ impl LogicalUnit {
             return Err(ScsiError::INVALID_FIELD_IN_CDB);
         }
         // WSNZ is set in VPD B0: zero blocks is refused.
-        if r.blocks == 0 || self.bytes(r.blocks) > MAX_TRANSFER_BYTES * 128 {
+        // ... and more than MAXIMUM WRITE SAME LENGTH (VPD B0) is refused.
+        if r.blocks == 0 || self.bytes(r.blocks) > MAX_TRANSFER_BYTES {
             return Err(ScsiError::INVALID_FIELD_IN_CDB);
         }
         self.check_range(&r)?;

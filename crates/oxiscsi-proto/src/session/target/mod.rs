@@ -174,6 +174,8 @@ pub struct TargetConnection {
     /// delivered to SCSI in CmdSN order).
     waiting_order: Vec<u32>,
     tmfs: Vec<PendingTmf>,
+    /// Writes failed on a bad Data-Out, whose remaining Data-Out is dropped (bounded).
+    failed_writes: VecDeque<u32>,
     outq: VecDeque<Pdu>,
     events: VecDeque<TargetEvent>,
     next_ttt: u32,
@@ -206,6 +208,7 @@ impl TargetConnection {
             tasks: HashMap::new(),
             waiting_order: Vec::new(),
             tmfs: Vec::new(),
+            failed_writes: VecDeque::new(),
             outq: VecDeque::new(),
             events: VecDeque::new(),
             next_ttt: 1,
@@ -597,6 +600,10 @@ impl TargetConnection {
     }
 
     fn data_out(&mut self, d: crate::pdu::DataOut) {
+        if self.failed_writes.contains(&d.itt) {
+            // The rest of a write we already failed: nothing of it is kept.
+            return;
+        }
         let Some(task) = self.tasks.get_mut(&d.itt) else {
             if d.ttt == NO_TAG {
                 // Unsolicited data for a command already answered (refused or aborted).
@@ -604,17 +611,14 @@ impl TargetConnection {
                 return;
             }
             let p = Pdu::DataOut(d);
-            return self.violation(&p, "Data-Out for an unknown task (RFC 7143 §11.7)".into());
+            return self.reject_pdu(RejectReason::INVALID_PDU_FIELD, &p);
         };
         let TaskState::Collecting(ws) = &mut task.state else {
             if d.ttt == NO_TAG && task.aborted {
                 return;
             }
             let p = Pdu::DataOut(d);
-            return self.violation(
-                &p,
-                "Data-Out for a task that is not expecting data (RFC 7143 §11.7)".into(),
-            );
+            return self.reject_pdu(RejectReason::INVALID_PDU_FIELD, &p);
         };
         match ws.accept(&self.params, &d) {
             Ok(()) => {
@@ -622,11 +626,26 @@ impl TargetConnection {
                 self.advance_write(itt);
             }
             Err(why) => {
-                // Nothing of this write reaches the medium: the task dies with the
-                // connection.
-                self.tasks.remove(&d.itt);
-                let p = Pdu::DataOut(d);
-                self.violation(&p, why);
+                // The write fails as a whole and nothing of it reaches the medium; the
+                // connection goes on (ERL 0 cannot recover the data, but the initiator
+                // learns which command failed). Later Data-Out for it is dropped.
+                tracing::debug!(itt = d.itt, %why, "write failed on a bad Data-Out");
+                self.failed_writes.push_back(d.itt);
+                if self.failed_writes.len() > 64 {
+                    self.failed_writes.pop_front();
+                }
+                let sense = data_phase_error_sense();
+                if let Some(t) = self.tasks.get_mut(&d.itt) {
+                    t.state = TaskState::Executing;
+                }
+                self.finish(
+                    d.itt,
+                    ScsiOutcome {
+                        status: ScsiStatus::CHECK_CONDITION,
+                        sense: Bytes::from(sense),
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -1050,6 +1069,17 @@ impl TargetConnection {
             self.waiting_order.retain(|i| *i != itt);
         }
     }
+}
+
+/// ABORTED COMMAND, DATA PHASE ERROR (0x4b/0x00), fixed format: a write whose
+/// Data-Out broke the sequence rules.
+fn data_phase_error_sense() -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = 0x0b;
+    s[7] = 10;
+    s[12] = 0x4b;
+    s
 }
 
 /// ILLEGAL REQUEST, INVALID FIELD IN CDB, fixed format.

@@ -421,7 +421,8 @@ fn drain(p: &mut Pair) -> (Vec<Pdu>, Vec<TargetEvent>) {
     (out, ev)
 }
 
-/// Hostile Data-Out: each closes the connection with a Reject and writes nothing.
+/// Hostile Data-Out: each fails its write with CHECK CONDITION (ABORTED COMMAND, DATA
+/// PHASE ERROR) and writes nothing; the connection goes on.
 #[test]
 fn bad_data_out_writes_nothing() {
     let cases: Vec<(&str, MakePdu)> = vec![
@@ -460,20 +461,22 @@ fn bad_data_out_writes_nothing() {
             other => panic!("{name}: expected one R2T, got {other:?}"),
         };
         p.tgt.handle_pdu(p.now, make(ttt));
+        // The rest of the write's data, which must be dropped.
+        p.tgt
+            .handle_pdu(p.now, data_out(0x10, ttt, 1, 512, 512, false));
         let (out, ev) = drain(&mut p);
-        assert!(
-            matches!(&out[..], [Pdu::Reject(r)] if r.reason == RejectReason::PROTOCOL_ERROR),
-            "{name}: {out:?}"
-        );
-        assert!(
-            ev.iter().any(|e| matches!(e, TargetEvent::Close { .. })),
-            "{name}"
-        );
-        assert!(
-            !ev.iter().any(|e| matches!(e, TargetEvent::Execute(_))),
-            "{name}"
-        );
+        match &out[..] {
+            [Pdu::ScsiResponse(r)] => {
+                assert_eq!(r.status, ScsiStatus::CHECK_CONDITION, "{name}");
+                assert_eq!(r.itt, 0x10);
+                let sense = r.sense().unwrap();
+                assert_eq!((sense[2], sense[12]), (0x0b, 0x4b), "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(ev.is_empty(), "{name}: {ev:?}");
         assert_eq!(p.tgt.active_tasks(), 0, "{name}");
+        assert!(!p.tgt.is_closed(), "{name}");
     }
 }
 
