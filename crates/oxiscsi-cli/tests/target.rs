@@ -147,7 +147,11 @@ const KNOWN_FAILURES: &[&str] = &[];
 
 #[test]
 fn iscsi_test_cu_compliance_suite() {
-    let t = Target::start(free_port(), &["--lun", "1:mem:256M"]);
+    // A file LUN: exercises punch-hole, SEEK_DATA/SEEK_HOLE and APTPL persistence.
+    let dir = std::env::temp_dir().join(format!("oxiscsi-cu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lun = format!("1:{},size=256M", dir.join("lun1.img").display());
+    let t = Target::start(free_port(), &["--lun", &lun]);
     let o = Command::new("iscsi-test-cu")
         .args(["-d", "-n", &t.url(1)])
         .output()
@@ -177,6 +181,7 @@ fn iscsi_test_cu_compliance_suite() {
         .iter()
         .filter(|f| !KNOWN_FAILURES.contains(&f.as_str()))
         .collect();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(!summary.is_empty(), "no summary from iscsi-test-cu:\n{out}");
     assert!(
         unexpected.is_empty(),

@@ -24,6 +24,31 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
     /// A stable description for logs and for deriving device identifiers.
     fn describe(&self) -> String;
+    /// Allocation of `[offset, offset+len)`: runs of (start, length, mapped), in order,
+    /// covering the range (GET LBA STATUS).
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>>;
+}
+
+/// Merge a per-chunk mapped/unmapped scan into runs.
+fn runs(
+    offset: u64,
+    len: u64,
+    chunk: u64,
+    mut mapped: impl FnMut(u64, u64) -> bool,
+) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let end = offset + len;
+    let mut off = offset;
+    while off < end {
+        let n = chunk.min(end - off);
+        let m = mapped(off, n);
+        match out.last_mut() {
+            Some(last) if last.2 == m => last.1 += n,
+            _ => out.push((off, n, m)),
+        }
+        off += n;
+    }
+    out
 }
 
 /// A regular file or block device, read and written with pread/pwrite.
@@ -117,6 +142,32 @@ impl Backend for FileBackend {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+        // SEEK_DATA/SEEK_HOLE: what the file system knows about holes.
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut off = offset;
+        while off < end {
+            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(off)) {
+                Ok(d) => d.min(end),
+                // ENXIO: no data after `off`.
+                Err(e) if e == rustix::io::Errno::NXIO => end,
+                Err(_) => return Ok(vec![(offset, len, true)]),
+            };
+            if data > off {
+                out.push((off, data - off, false));
+                off = data;
+                continue;
+            }
+            let hole = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(off)) {
+                Ok(h) => h.min(end),
+                Err(_) => end,
+            };
+            out.push((off, hole.max(off + 1) - off, true));
+            off = hole.max(off + 1);
+        }
+        Ok(out)
+    }
 }
 
 /// Blocks in memory (`--lun N:mem:SIZE`): gone when the target stops.
@@ -177,6 +228,16 @@ impl Backend for MemBackend {
     }
     fn describe(&self) -> String {
         format!("mem:{}", self.id)
+    }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+        // Memory has no holes; all-zero blocks count as deallocated (LBPRZ: an unmapped
+        // block reads as zeros, and UNMAP zeroes them).
+        let d = self.data.read().map_err(|_| io::ErrorKind::Other)?;
+        let total = d.len() as u64;
+        let len = len.min(total.saturating_sub(offset));
+        Ok(runs(offset, len, 512, |o, n| {
+            d[o as usize..(o + n) as usize].iter().any(|&b| b != 0)
+        }))
     }
 }
 

@@ -95,10 +95,11 @@ impl LogicalUnit {
         let max_blocks = (MAX_TRANSFER_BYTES / bs) as u32;
         let mut v = vec![0u8; 60];
         v[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is refused
-        v[1] = 0; // MAXIMUM COMPARE AND WRITE LENGTH (not supported yet)
+        v[1] = super::extra::MAX_CAW_BLOCKS as u8; // MAXIMUM COMPARE AND WRITE LENGTH
         v[2..4].copy_from_slice(&1u16.to_be_bytes()); // optimal transfer length granularity
         v[4..8].copy_from_slice(&max_blocks.to_be_bytes()); // maximum transfer length
         v[8..12].copy_from_slice(&max_blocks.to_be_bytes()); // optimal transfer length
+        v[12..16].copy_from_slice(&max_blocks.to_be_bytes()); // maximum prefetch length
         v[16..20].copy_from_slice(&0xffff_ffffu32.to_be_bytes()); // max unmap LBA count
         v[20..24].copy_from_slice(&256u32.to_be_bytes()); // max unmap block descriptors
         v[24..28].copy_from_slice(&1u32.to_be_bytes()); // unmap granularity

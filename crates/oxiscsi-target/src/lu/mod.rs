@@ -5,13 +5,16 @@
 //! Modules: [`inquiry`] (INQUIRY and VPD pages), [`rw`] (media access commands),
 //! [`mode`] (MODE SENSE pages).
 
+mod extra;
 mod inquiry;
 mod mode;
+mod opcodes;
+mod reserve;
 mod rw;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use oxiscsi_proto::pdu::ScsiStatus;
@@ -80,6 +83,8 @@ pub struct LuConfig {
     /// restarts for the same configuration.
     pub id_seed: String,
     pub product: String,
+    /// Where persistent reservations with APTPL are kept (file-backed LUNs).
+    pub pr_state: Option<std::path::PathBuf>,
 }
 
 /// One logical unit.
@@ -98,6 +103,11 @@ pub struct LogicalUnit {
     serial: String,
     naa: [u8; 8],
     unit_attentions: Mutex<HashMap<Nexus, Vec<ScsiError>>>,
+    /// Shared by ordinary reads and writes; held exclusively by COMPARE AND WRITE and
+    /// ORWRITE so nothing lands between their read and their write.
+    io_lock: RwLock<()>,
+    /// RESERVE(6) holder and persistent reservations.
+    reservations: Mutex<reserve::Reservations>,
 }
 
 /// Largest transfer one command may move, in bytes (VPD B0 says it in blocks).
@@ -113,6 +123,7 @@ impl LogicalUnit {
         naa.copy_from_slice(&h[..8]);
         naa[0] = 0x60 | (naa[0] & 0x0f);
         let serial: String = h[8..16].iter().map(|b| format!("{b:02x}")).collect();
+        let reservations = reserve::Reservations::with_state_file(cfg.pr_state.clone());
         LogicalUnit {
             backend,
             blocks,
@@ -123,6 +134,8 @@ impl LogicalUnit {
             naa,
             cfg,
             unit_attentions: Mutex::new(HashMap::new()),
+            io_lock: RwLock::new(()),
+            reservations: Mutex::new(reservations),
         }
     }
 
@@ -153,10 +166,31 @@ impl LogicalUnit {
         if let Ok(mut ua) = self.unit_attentions.lock() {
             ua.remove(nexus);
         }
+        // SPC-2 §7.21: a RESERVE(6) ends with the nexus that made it.
+        if let Ok(mut r) = self.reservations.lock() {
+            if r.reserve6.as_deref() == Some(nexus) {
+                r.reserve6 = None;
+            }
+        }
     }
 
-    /// After a LUN or target reset: every nexus sees the reset once.
+    /// Queue a unit attention for every nexus but `except`.
+    fn unit_attention_others(&self, except: &str, e: ScsiError) {
+        if let Ok(mut ua) = self.unit_attentions.lock() {
+            for (n, v) in ua.iter_mut() {
+                if n != except && !v.contains(&e) {
+                    v.push(e);
+                }
+            }
+        }
+    }
+
+    /// After a LUN or target reset: every nexus sees the reset once, and RESERVE(6)
+    /// reservations end (SPC-2 §5.5.2; persistent ones stay).
     pub fn reset(&self) {
+        if let Ok(mut r) = self.reservations.lock() {
+            r.reserve6 = None;
+        }
         if let Ok(mut ua) = self.unit_attentions.lock() {
             for v in ua.values_mut() {
                 v.retain(|e| *e != ScsiError::LUN_RESET);
@@ -189,6 +223,9 @@ impl LogicalUnit {
                 return ua.outcome(d_sense);
             }
         }
+        if let Err(e) = self.check_reservation(nexus, op, cdb) {
+            return e;
+        }
         match self.dispatch(nexus, op, cdb, task) {
             Ok(o) => o,
             Err(e) => e.outcome(self.d_sense.load(Ordering::Relaxed)),
@@ -220,6 +257,17 @@ impl LogicalUnit {
             0x35 | 0x91 => self.synchronize_cache(op, cdb),
             0x41 | 0x93 => self.write_same(op, cdb, task),
             0x42 => self.unmap(cdb, task),
+            0x2e | 0xae | 0x8e => self.write_and_verify(op, cdb, task),
+            0x8b => self.orwrite(cdb, task),
+            0x34 | 0x90 => self.prefetch(op, cdb),
+            0x89 => self.compare_and_write(cdb, task),
+            0x9e if cdb[1] & 0x1f == 0x12 => self.get_lba_status(cdb),
+            0xa3 if cdb[1] & 0x1f == 0x0c => self.report_supported_opcodes(cdb),
+            0x15 | 0x55 => self.mode_select(nexus, cdb, task),
+            0x16 => self.reserve6(nexus),
+            0x17 => Ok(self.release6(nexus)),
+            0x5e => self.persistent_reserve_in(nexus, cdb),
+            0x5f => self.persistent_reserve_out(nexus, cdb, task),
             _ => Err(ScsiError::INVALID_OPCODE),
         }
     }

@@ -94,3 +94,105 @@ impl LogicalUnit {
         Ok(alloc_truncate(d, alloc))
     }
 }
+
+impl LogicalUnit {
+    /// MODE SELECT (6)/(10) (SPC-4 §6.9–6.10): the caching page's WCE and the control
+    /// page's D_SENSE and SWP can change; anything else that differs from the current
+    /// value is an error. Other nexuses then see MODE PARAMETERS CHANGED.
+    pub(super) fn mode_select(
+        &self,
+        nexus: &str,
+        cdb: &[u8],
+        task: &oxiscsi_proto::session::ScsiTask,
+    ) -> Result<ScsiOutcome> {
+        let ten = cdb[0] == 0x55;
+        let pf = cdb[1] & 0x10 != 0;
+        let sp = cdb[1] & 0x01 != 0;
+        let len = if ten {
+            usize::from(u16::from_be_bytes([cdb[7], cdb[8]]))
+        } else {
+            usize::from(cdb[4])
+        };
+        if sp {
+            return Err(ScsiError::new(
+                oxiscsi_scsi::SenseKey::ILLEGAL_REQUEST,
+                0x39,
+                0x00,
+            ));
+        }
+        if len == 0 {
+            return Ok(ScsiOutcome::default());
+        }
+        if !pf {
+            return Err(ScsiError::INVALID_FIELD_IN_CDB);
+        }
+        let bad = ScsiError::INVALID_FIELD_IN_PARAMETER_LIST;
+        let p = task
+            .data_out
+            .get(..len)
+            .ok_or(ScsiError::PARAMETER_LIST_LENGTH)?;
+        let (hdr, bd_len) = if ten {
+            if p.len() < 8 {
+                return Err(ScsiError::PARAMETER_LIST_LENGTH);
+            }
+            (8, usize::from(u16::from_be_bytes([p[6], p[7]])))
+        } else {
+            if p.len() < 4 {
+                return Err(ScsiError::PARAMETER_LIST_LENGTH);
+            }
+            (4, usize::from(p[3]))
+        };
+        let mut pages = p
+            .get(hdr + bd_len..)
+            .ok_or(ScsiError::PARAMETER_LIST_LENGTH)?;
+        let mut wce = self.wce.load(Ordering::Relaxed);
+        let mut d_sense = self.d_sense.load(Ordering::Relaxed);
+        let mut swp = self.swp.load(Ordering::Relaxed);
+        while !pages.is_empty() {
+            if pages.len() < 2 {
+                return Err(ScsiError::PARAMETER_LIST_LENGTH);
+            }
+            let code = pages[0] & 0x3f;
+            if pages[0] & 0x40 != 0 {
+                return Err(bad); // subpage format: none of ours
+            }
+            let plen = usize::from(pages[1]) + 2;
+            let page = pages.get(..plen).ok_or(ScsiError::PARAMETER_LIST_LENGTH)?;
+            let (current, changeable) = match code {
+                0x08 => (self.caching_page(false), self.caching_page(true)),
+                0x0a => (self.control_page(false), self.control_page(true)),
+                _ => return Err(bad),
+            };
+            if page.len() != current.len() {
+                return Err(bad);
+            }
+            // Bits outside the changeable mask must equal the current values (the PS bit
+            // of byte 0 is ignored).
+            for i in 1..page.len() {
+                if (page[i] ^ current[i]) & !changeable[i] != 0 {
+                    return Err(bad);
+                }
+            }
+            match code {
+                0x08 => wce = page[2] & 0x04 != 0,
+                _ => {
+                    d_sense = page[2] & 0x04 != 0;
+                    swp = page[4] & 0x08 != 0;
+                }
+            }
+            pages = &pages[plen..];
+        }
+        self.wce.store(wce, Ordering::Relaxed);
+        self.d_sense.store(d_sense, Ordering::Relaxed);
+        self.swp.store(swp, Ordering::Relaxed);
+        if !wce {
+            // Turning the write cache off: what was cached goes to the medium now.
+            self.backend.flush().map_err(|_| ScsiError::WRITE_ERROR)?;
+        }
+        self.unit_attention_others(
+            nexus,
+            ScsiError::new(oxiscsi_scsi::SenseKey::UNIT_ATTENTION, 0x2a, 0x01),
+        );
+        Ok(ScsiOutcome::default())
+    }
+}

@@ -59,14 +59,23 @@ fn decode_range(op: u8, cdb: &[u8]) -> Range {
 
 impl LogicalUnit {
     fn check_range(&self, r: &Range) -> Result<()> {
-        let end = r
-            .lba
-            .checked_add(r.blocks)
-            .ok_or(ScsiError::LBA_OUT_OF_RANGE)?;
+        self.check_lba_range(r.lba, r.blocks)
+    }
+
+    pub(super) fn check_lba_range(&self, lba: u64, blocks: u64) -> Result<()> {
+        let end = lba.checked_add(blocks).ok_or(ScsiError::LBA_OUT_OF_RANGE)?;
         if end > self.blocks {
             return Err(ScsiError::LBA_OUT_OF_RANGE);
         }
         Ok(())
+    }
+
+    pub(super) fn byte_len(&self, blocks: u64) -> u64 {
+        self.bytes(blocks)
+    }
+
+    pub(super) fn sync_after_write(&self, fua: bool) -> Result<()> {
+        self.sync_if(fua)
     }
 
     fn bytes(&self, blocks: u64) -> u64 {
@@ -94,6 +103,7 @@ impl LogicalUnit {
         }
         self.check_transfer(&r)?;
         let mut buf = vec![0u8; self.bytes(r.blocks) as usize];
+        let _g = self.io_lock.read().map_err(|_| ScsiError::READ_ERROR)?;
         self.backend
             .read_at(self.offset(r.lba), &mut buf)
             .map_err(|e| {
@@ -132,6 +142,7 @@ impl LogicalUnit {
         let have = task.data_out.len().min(need);
         let whole = have - have % self.cfg.block_size as usize;
         if whole > 0 {
+            let _g = self.io_lock.read().map_err(|_| ScsiError::WRITE_ERROR)?;
             self.backend
                 .write_at(self.offset(r.lba), &task.data_out[..whole])
                 .map_err(|e| {

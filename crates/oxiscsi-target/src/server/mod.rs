@@ -206,6 +206,14 @@ fn open_lun(spec: &TargetSpec, l: &crate::config::LunSpec) -> io::Result<Logical
             read_only: l.read_only,
             id_seed: format!("{}/{}", spec.iqn, l.lun),
             product: "VIRTUAL-DISK".into(),
+            pr_state: match &l.backing {
+                Backing::File { path, .. } => {
+                    let mut p = path.clone().into_os_string();
+                    p.push(".pr");
+                    Some(p.into())
+                }
+                Backing::Mem { .. } => None,
+            },
         },
     ))
 }
