@@ -153,7 +153,9 @@ fn iscsi_test_cu_compliance_suite() {
     let lun = format!("1:{},size=256M", dir.join("lun1.img").display());
     let t = Target::start(free_port(), &["--lun", &lun]);
     let o = Command::new("iscsi-test-cu")
-        .args(["-d", "-n", &t.url(1)])
+        // The same LUN again as the "multipath" URL: the MultipathIO tests then run
+        // over two sessions to one LU.
+        .args(["-d", "-n", &t.url(1), &t.url(1)])
         .output()
         .expect("run iscsi-test-cu");
     let out = String::from_utf8_lossy(&o.stdout).to_string();

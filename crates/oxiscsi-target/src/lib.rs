@@ -10,6 +10,7 @@ pub mod backend;
 pub mod config;
 pub mod lu;
 pub mod server;
+pub mod xcopy;
 
 pub use config::{LunSpec, TargetConfig, TargetSpec};
 pub use server::{Server, ServerHandle};

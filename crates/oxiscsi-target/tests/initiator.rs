@@ -300,3 +300,109 @@ async fn shutdown_asks_sessions_to_log_out_and_loses_no_acknowledged_write() {
     let e = s.read(1, 0, 1).await.unwrap_err();
     assert!(matches!(e, Error::Closed(_)), "{e}");
 }
+
+/// An EXTENDED COPY parameter list: one identification target descriptor per NAA, one
+/// block-to-block segment from descriptor `src` to `dst`.
+fn xcopy_params(
+    naas: &[&[u8]],
+    src: u16,
+    dst: u16,
+    blocks: u16,
+    src_lba: u64,
+    dst_lba: u64,
+) -> Vec<u8> {
+    let mut p = vec![0u8; 16];
+    p[0] = 1;
+    p[2..4].copy_from_slice(&((32 * naas.len()) as u16).to_be_bytes());
+    p[8..12].copy_from_slice(&28u32.to_be_bytes());
+    for naa in naas {
+        let mut d = vec![0u8; 32];
+        d[0] = 0xe4;
+        d[4] = 0x01;
+        d[5] = 0x03;
+        d[7] = naa.len() as u8;
+        d[8..8 + naa.len()].copy_from_slice(naa);
+        d[30] = 0x02; // block size 512
+        p.extend_from_slice(&d);
+    }
+    let mut s = vec![0u8; 28];
+    s[0] = 0x02;
+    s[3] = 24;
+    s[4..6].copy_from_slice(&src.to_be_bytes());
+    s[6..8].copy_from_slice(&dst.to_be_bytes());
+    s[10..12].copy_from_slice(&blocks.to_be_bytes());
+    s[12..20].copy_from_slice(&src_lba.to_be_bytes());
+    s[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+    p.extend_from_slice(&s);
+    p
+}
+
+fn xcopy_cdb(len: usize) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_copy_works_within_a_target_and_cannot_reach_another() {
+    // Target A with LUNs 1 and 2; target B (another tenant) with LUN 1.
+    let mut b = spec(vec![mem_lun(1, 1)]);
+    b.iqn = "iqn.2026-11.rs.oxiscsi:tenant-b".into();
+    let (h, portal) = start(vec![spec(vec![mem_lun(1, 1), mem_lun(2, 1)]), b]).await;
+    let sa = Session::connect(SessionConfig::new(portal.clone(), IQN))
+        .await
+        .unwrap();
+    let sb = Session::connect(SessionConfig::new(
+        portal.clone(),
+        "iqn.2026-11.rs.oxiscsi:tenant-b",
+    ))
+    .await
+    .unwrap();
+    let naa = |v: Bytes| v[8..16].to_vec();
+    let a1 = naa(sa.inquiry_vpd(1, 0x83).await.unwrap());
+    let a2 = naa(sa.inquiry_vpd(2, 0x83).await.unwrap());
+    let b1 = naa(sb.inquiry_vpd(1, 0x83).await.unwrap());
+    assert_ne!(a1, b1);
+    sa.write(1, 0, Bytes::from(vec![0x5au8; 8 * 512]))
+        .await
+        .unwrap();
+    sb.write(1, 0, Bytes::from(vec![0xb0u8; 8 * 512]))
+        .await
+        .unwrap();
+    // Within target A: LUN 1 -> LUN 2.
+    let p = xcopy_params(&[&a1, &a2], 0, 1, 8, 0, 100);
+    let r = sa
+        .execute(1, xcopy_cdb(p.len()), Bytes::from(p), 0)
+        .await
+        .unwrap();
+    assert_eq!(r.status, oxiscsi_initiator::proto::pdu::ScsiStatus::GOOD);
+    assert!(sa.read(2, 100, 8).await.unwrap().iter().all(|&x| x == 0x5a));
+    // Reading target B's LU from target A's session: not reachable, B untouched.
+    let p = xcopy_params(&[&b1, &a2], 0, 1, 8, 0, 200);
+    let r = sa
+        .execute(1, xcopy_cdb(p.len()), Bytes::from(p), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        oxiscsi_initiator::proto::pdu::ScsiStatus::CHECK_CONDITION
+    );
+    let sense = oxiscsi_initiator::scsi::Sense::parse(&r.sense).unwrap();
+    assert_eq!((sense.key.0, sense.asc, sense.ascq), (0x0a, 0x0d, 0x02));
+    assert!(sa.read(2, 200, 8).await.unwrap().iter().all(|&x| x == 0));
+    // Writing into target B from A: refused too.
+    let p = xcopy_params(&[&a1, &b1], 0, 1, 8, 0, 0);
+    let r = sa
+        .execute(1, xcopy_cdb(p.len()), Bytes::from(p), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        oxiscsi_initiator::proto::pdu::ScsiStatus::CHECK_CONDITION
+    );
+    assert!(sb.read(1, 0, 8).await.unwrap().iter().all(|&x| x == 0xb0));
+    sa.logout().await.unwrap();
+    sb.logout().await.unwrap();
+    h.shutdown().await;
+}

@@ -151,6 +151,57 @@ impl LogicalUnit {
         self.backend.describe()
     }
 
+    /// The NAA designator of VPD page 0x83 (how EXTENDED COPY names this LU).
+    pub fn naa(&self) -> &[u8] {
+        &self.naa
+    }
+
+    /// Copy blocks to `dst` (EXTENDED COPY), as `nexus`: the reservation rules apply on
+    /// both LUs, the destination must be writable. Errors come back as the outcome.
+    pub fn copy_blocks_to(
+        &self,
+        nexus: &str,
+        src_lba: u64,
+        dst: &LogicalUnit,
+        dst_lba: u64,
+        blocks: u64,
+    ) -> std::result::Result<(), ScsiOutcome> {
+        let d_sense = self.d_sense.load(Ordering::Relaxed);
+        self.check_reservation(nexus, 0x28, &[0x28])?;
+        dst.check_reservation(nexus, 0x2a, &[0x2a])?;
+        if dst.write_protected() {
+            return Err(ScsiError::WRITE_PROTECTED.outcome(d_sense));
+        }
+        let bs = u64::from(self.cfg.block_size);
+        let chunk_blocks = (1u64 << 20) / bs;
+        let mut buf = vec![0u8; (chunk_blocks * bs) as usize];
+        let mut done = 0;
+        while done < blocks {
+            let n = (blocks - done).min(chunk_blocks);
+            let len = (n * bs) as usize;
+            {
+                let _g = self
+                    .io_lock
+                    .read()
+                    .map_err(|_| ScsiError::READ_ERROR.outcome(d_sense))?;
+                self.backend
+                    .read_at((src_lba + done) * bs, &mut buf[..len])
+                    .map_err(|_| {
+                        ScsiError::new(SenseKey::COPY_ABORTED, 0x11, 0x00).outcome(d_sense)
+                    })?;
+            }
+            let _g = dst
+                .io_lock
+                .read()
+                .map_err(|_| ScsiError::WRITE_ERROR.outcome(d_sense))?;
+            dst.backend
+                .write_at((dst_lba + done) * bs, &buf[..len])
+                .map_err(|_| ScsiError::new(SenseKey::COPY_ABORTED, 0x0c, 0x00).outcome(d_sense))?;
+            done += n;
+        }
+        Ok(())
+    }
+
     fn write_protected(&self) -> bool {
         self.cfg.read_only || self.swp.load(Ordering::Relaxed)
     }

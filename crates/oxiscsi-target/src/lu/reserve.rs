@@ -149,7 +149,7 @@ fn always_allowed(op: u8, cdb: &[u8]) -> bool {
 
 impl LogicalUnit {
     /// RESERVATION CONFLICT for a command this nexus may not run now.
-    pub(super) fn check_reservation(
+    pub(crate) fn check_reservation(
         &self,
         nexus: &str,
         op: u8,

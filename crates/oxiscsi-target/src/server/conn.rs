@@ -355,9 +355,12 @@ async fn full_feature(
                 stopping = true;
                 conn.request_logout(Instant::now(), LOGOUT_WITHIN);
             }
-            _ = session_stop.changed(), if !stopping => {
-                stopping = true;
-                conn.handle_closed("session reinstated by a new login with the same ISID");
+            _ = session_stop.changed() => {
+                conn.handle_closed(if stopping {
+                    "did not log out in time after the target asked it to"
+                } else {
+                    "session reinstated by a new login with the same ISID"
+                });
             }
         }
     }
@@ -379,6 +382,24 @@ fn execute(target: Option<&Target>, nexus: &str, t: &ScsiTask) -> ScsiOutcome {
     let op = t.cdb.first().copied().unwrap_or(0xff);
     if op == 0xa0 {
         return report_luns(target, &t.cdb);
+    }
+    // EXTENDED COPY and RECEIVE COPY RESULTS see every LU of this target and no other.
+    if op == 0x83 || op == 0x84 {
+        let Some(lu) = t.lun.number().and_then(|n| target.luns.get(&n)) else {
+            return ScsiError::LUN_NOT_SUPPORTED.outcome(false);
+        };
+        if let Err(o) = lu.check_reservation(nexus, op, &t.cdb) {
+            return o;
+        }
+        return if op == 0x83 {
+            let o = crate::xcopy::extended_copy(&target.luns, &target.copies, nexus, t);
+            if o.status != oxiscsi_proto::pdu::ScsiStatus::GOOD {
+                tracing::debug!(sense = %crate::xcopy::describe(&o), "EXTENDED COPY refused");
+            }
+            o
+        } else {
+            crate::xcopy::receive_copy_results(&target.copies, nexus, &t.cdb)
+        };
     }
     match t.lun.number().and_then(|n| target.luns.get(&n)) {
         Some(lu) => lu.execute(nexus, t),

@@ -24,6 +24,7 @@ use crate::lu::{LogicalUnit, LuConfig};
 pub(crate) struct Target {
     pub spec: TargetSpec,
     pub luns: BTreeMap<u16, Arc<LogicalUnit>>,
+    pub copies: crate::xcopy::CopyResults,
 }
 
 /// A live session, for reinstatement (§6.3.5) and the session count.
@@ -235,6 +236,7 @@ impl Server {
             targets.push(Arc::new(Target {
                 spec: spec.clone(),
                 luns,
+                copies: Default::default(),
             }));
         }
         let mut listeners = Vec::new();
@@ -322,12 +324,34 @@ impl ServerHandle {
         self.shared.sessions_of(iqn)
     }
 
-    /// Stop accepting and end every session.
+    /// Stop accepting, ask every session to log out (Async event 1, within 2 s) and wait
+    /// for them to end; sessions still there after `grace` are closed.
     pub async fn shutdown(self) {
+        self.shutdown_within(std::time::Duration::from_secs(5))
+            .await
+    }
+
+    pub async fn shutdown_within(self, grace: std::time::Duration) {
         let _ = self.shutdown.send(true);
-        self.shared.stop_all();
         for t in self.tasks {
             let _ = t.await;
+        }
+        let t0 = tokio::time::Instant::now();
+        while self.shared.session_count() > 0 && t0.elapsed() < grace {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if self.shared.session_count() > 0 {
+            tracing::warn!(
+                sessions = self.shared.session_count(),
+                "sessions did not log out in time; closing them"
+            );
+            self.shared.stop_all();
+            let t1 = tokio::time::Instant::now();
+            while self.shared.session_count() > 0
+                && t1.elapsed() < std::time::Duration::from_secs(2)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
     }
 }
