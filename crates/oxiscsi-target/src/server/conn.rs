@@ -45,27 +45,82 @@ pub(super) async fn run(
     }
 }
 
+/// Why no login PDU could be read: the message for the log, and the header of a
+/// malformed Login Request (to answer it with "initiator error").
+struct LoginReadError {
+    why: String,
+    bad_login_bhs: Option<[u8; 48]>,
+}
+
+impl From<String> for LoginReadError {
+    fn from(why: String) -> Self {
+        LoginReadError {
+            why,
+            bad_login_bhs: None,
+        }
+    }
+}
+
 /// Read one PDU (login-phase framing) by `deadline`.
 async fn read_pdu(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
     framer: &Framer,
     deadline: tokio::time::Instant,
-) -> Result<Pdu, String> {
+) -> Result<Pdu, LoginReadError> {
     loop {
         match framer.decode(buf) {
             Ok(Some(p)) => return Ok(p),
             Ok(None) => {}
-            Err(e) => return Err(format!("bad PDU during login: {e}")),
+            Err(e) => {
+                let bad_login_bhs = e.bhs.filter(|b| b[0] & 0x3f == 0x03 && e.resynced);
+                return Err(LoginReadError {
+                    why: format!("bad PDU during login: {e}"),
+                    bad_login_bhs,
+                });
+            }
         }
         buf.reserve(8192);
         match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
-            Err(_) => return Err("login timed out: the initiator stopped sending".into()),
-            Ok(Ok(0)) => return Err("initiator closed the connection during login".into()),
+            Err(_) => {
+                return Err(String::from("login timed out: the initiator stopped sending").into())
+            }
+            Ok(Ok(0)) => {
+                return Err(String::from("initiator closed the connection during login").into())
+            }
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("read error during login: {e}")),
+            Ok(Err(e)) => return Err(format!("read error during login: {e}").into()),
         }
     }
+}
+
+/// Answer a malformed Login Request (C and T both set, bad stage codes, ...) with
+/// "initiator error" (RFC 7143 §11.13.5) built from its raw header; other read failures
+/// just close. Returns the reason for the log.
+async fn refuse_malformed(wr: &mut OwnedWriteHalf, e: LoginReadError) -> String {
+    if let Some(b) = e.bad_login_bhs {
+        let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut isid = [0u8; 6];
+        isid.copy_from_slice(&b[8..14]);
+        let rsp = Pdu::LoginResponse(LoginResponse {
+            transit: false,
+            continue_: false,
+            csg: oxiscsi_proto::pdu::Stage::Security,
+            nsg: oxiscsi_proto::pdu::Stage::Security,
+            version_max: 0,
+            version_active: 0,
+            isid: oxiscsi_proto::pdu::Isid(isid),
+            tsih: 0,
+            itt: be32(16),
+            stat_sn: SerialNumber(0),
+            exp_cmd_sn: SerialNumber(be32(24)),
+            max_cmd_sn: SerialNumber(be32(24)),
+            status: LoginStatus::INITIATOR_ERROR,
+            data: Bytes::new(),
+        });
+        let _ = write_pdus(wr, [rsp], (Digest::None, Digest::None)).await;
+    }
+    e.why
 }
 
 async fn write_pdus(
@@ -112,15 +167,21 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = sock.into_split();
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    // Small until the peer proves it speaks iSCSI: idle and half-open sockets cost little.
+    let mut buf = BytesMut::with_capacity(512);
     let login_framer = Framer::default();
     let deadline = tokio::time::Instant::now() + shared.cfg.login_timeout;
     let none = (Digest::None, Digest::None);
+    // The first PDU must arrive within the login timeout; only then does the connection
+    // count against the bound of logins in progress, so sockets that sit idle or send half
+    // a header cannot starve real logins (they are closed at the deadline).
+    let first = match read_pdu(&mut rd, &mut buf, &login_framer, deadline).await {
+        Ok(p) => p,
+        Err(e) => return Err(refuse_malformed(&mut wr, e).await),
+    };
     let Ok(permit) = shared.logins.clone().try_acquire_owned() else {
         // Over the bound of logins in progress: say so instead of dropping silently.
-        let short = tokio::time::Instant::now() + Duration::from_secs(2);
-        if let Ok(Pdu::LoginRequest(req)) = read_pdu(&mut rd, &mut buf, &login_framer, short).await
-        {
+        if let Pdu::LoginRequest(req) = first {
             let rsp = Pdu::LoginResponse(LoginResponse {
                 transit: false,
                 continue_: false,
@@ -141,6 +202,7 @@ async fn serve(
         }
         return Err("too many logins in progress; answered service unavailable".into());
     };
+    let mut first = Some(first);
     let mut rng = rand::rngs::StdRng::from_entropy();
     let now = Instant::now();
     let mut login = TargetLogin::new(
@@ -154,7 +216,13 @@ async fn serve(
         now,
     );
     let outcome = loop {
-        let pdu = read_pdu(&mut rd, &mut buf, &login_framer, deadline).await?;
+        let pdu = match first.take() {
+            Some(p) => p,
+            None => match read_pdu(&mut rd, &mut buf, &login_framer, deadline).await {
+                Ok(p) => p,
+                Err(e) => return Err(refuse_malformed(&mut wr, e).await),
+            },
+        };
         let step = login.handle_pdu(pdu, &LoginDirectory { shared: &shared }, &mut rng);
         let mut reinstated = None;
         if let TargetLoginStep::Complete(o) = &step {
@@ -341,8 +409,9 @@ async fn full_feature(
             }
         }
         let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(256 * 1024);
+        // Grow with the traffic (BytesMut doubles); an idle session keeps a small buffer.
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(32 * 1024);
         }
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
