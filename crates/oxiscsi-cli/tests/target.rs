@@ -250,3 +250,78 @@ impl WaitTimeout for Child {
         false
     }
 }
+
+#[test]
+fn config_file_and_sighup_reload() {
+    let dir = std::env::temp_dir().join(format!("oxiscsi-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let file = dir.join("target.toml");
+    let one = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n[[target]]\niqn = \"{IQN}\"\n  [[target.lun]]\n  lun = 1\n  mem = \"16M\"\n"
+    );
+    std::fs::write(&file, &one).unwrap();
+    let mut child = ox()
+        .args(["target", "--config"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    std::thread::spawn(move || {
+        while out
+            .read_line(&mut String::new())
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    });
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let ls = || run(Command::new("iscsi-ls").arg(format!("iscsi://127.0.0.1:{port}"))).1;
+    assert!(ls().contains(IQN));
+    let hup = |c: &Child| {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGHUP);
+        }
+    };
+    let wait_for = |what: &str| -> String {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!("no log line containing {what:?}");
+    };
+    // Add a second target, reload.
+    let two = format!(
+        "{one}\n[[target]]\niqn = \"{IQN}-two\"\n  [[target.lun]]\n  lun = 1\n  mem = \"4M\"\n"
+    );
+    std::fs::write(&file, &two).unwrap();
+    hup(&child);
+    wait_for("reloaded");
+    let l = ls();
+    assert!(l.contains(&format!("{IQN}-two")), "{l}");
+    // A broken file is refused with file:line and the running configuration stays.
+    std::fs::write(&file, format!("{two}\n[[target]]\niqn = 42\n")).unwrap();
+    hup(&child);
+    let msg = wait_for("reload refused");
+    assert!(msg.contains("target.toml:"), "{msg}");
+    let l = ls();
+    assert!(l.contains(&format!("{IQN}-two")), "{l}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

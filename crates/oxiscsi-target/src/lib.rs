@@ -13,4 +13,4 @@ pub mod server;
 pub mod xcopy;
 
 pub use config::{LunSpec, TargetConfig, TargetSpec};
-pub use server::{Server, ServerHandle};
+pub use server::{ReloadReport, Server, ServerHandle};

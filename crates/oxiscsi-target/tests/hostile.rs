@@ -41,6 +41,8 @@ async fn start(chap: bool, max_logins: usize) -> (ServerHandle, String) {
             }),
             mutual_chap: None,
             allow: Vec::new(),
+            portal_groups: Vec::new(),
+            redirect: None,
         }],
         max_logins_in_progress: max_logins,
         login_timeout: Duration::from_secs(3),

@@ -27,6 +27,8 @@ fn spec(luns: Vec<LunSpec>) -> TargetSpec {
         chap: None,
         mutual_chap: None,
         allow: Vec::new(),
+        portal_groups: Vec::new(),
+        redirect: None,
     }
 }
 

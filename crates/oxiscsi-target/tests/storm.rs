@@ -56,6 +56,8 @@ async fn thousand_logins_with_thousand_idle_sockets() {
             chap: None,
             mutual_chap: None,
             allow: Vec::new(),
+            portal_groups: Vec::new(),
+            redirect: None,
         }],
         login_timeout: Duration::from_secs(4),
         ..TargetConfig::default()

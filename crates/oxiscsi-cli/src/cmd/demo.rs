@@ -50,6 +50,8 @@ pub async fn run(opts: &CommonOpts, a: Args) -> CliResult {
             chap: None,
             mutual_chap: None,
             allow: Vec::new(),
+            portal_groups: Vec::new(),
+            redirect: None,
         }],
         ..TargetConfig::default()
     };

@@ -11,6 +11,10 @@ use crate::common::{CliError, CliResult, CommonOpts};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
+    /// Serve what a TOML file describes (many targets, portal groups, ACLs, CHAP, LUNs,
+    /// limits; see examples/target.toml) instead of the quick flags. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["luns", "chap", "mutual_chap", "discovery_chap", "allow"])]
+    pub config: Option<std::path::PathBuf>,
     /// Portal to listen on, ADDR:PORT (repeatable; IPv6 as [::1]:3260).
     #[arg(
         long = "listen",
@@ -85,6 +89,8 @@ pub fn config(a: &Args, opts: &CommonOpts) -> CliResult<TargetConfig> {
             chap: chap(&a.chap, "--chap")?,
             mutual_chap: chap(&a.mutual_chap, "--mutual-chap")?,
             allow: a.allow.clone(),
+            portal_groups: Vec::new(),
+            redirect: None,
         }],
         discovery_chap: chap(&a.discovery_chap, "--discovery-chap")?,
         max_logins_in_progress: a.max_logins,
@@ -97,7 +103,12 @@ pub fn config(a: &Args, opts: &CommonOpts) -> CliResult<TargetConfig> {
 }
 
 pub async fn run(opts: &CommonOpts, a: Args) -> CliResult {
-    let cfg = config(&a, opts)?;
+    let cfg = match &a.config {
+        Some(path) => {
+            oxiscsi_target::config::file::load(path).map_err(|e| CliError::Usage(e.to_string()))?
+        }
+        None => config(&a, opts)?,
+    };
     let server = Server::bind(cfg.clone())
         .await
         .map_err(|e| CliError::Io(format!("cannot start the target: {e}")))?;
@@ -116,11 +127,30 @@ pub async fn run(opts: &CommonOpts, a: Args) -> CliResult {
     let _ = out.flush();
     drop(out);
     let handle = server.spawn();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
         .map_err(|e| CliError::Io(format!("cannot watch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| CliError::Io(format!("cannot watch SIGHUP: {e}")))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                let Some(path) = &a.config else {
+                    tracing::warn!("SIGHUP: nothing to reload (started without --config)");
+                    continue;
+                };
+                // A bad file is refused with file:line; the running configuration stays.
+                match oxiscsi_target::config::file::load(path) {
+                    Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+                    Ok(new) => match handle.reload(new) {
+                        Ok(r) => tracing::warn!("reloaded {}: {r}", path.display()),
+                        Err(e) => tracing::error!("reload refused, keeping the running configuration: {}: {e}", path.display()),
+                    },
+                }
+            }
+        }
     }
     tracing::warn!(
         sessions = handle.sessions(),

@@ -317,7 +317,10 @@ impl TargetLogin {
             Ok(step) => step,
             Err(e) => {
                 self.ended = true;
-                self.respond_status(&req, e.status, Vec::new());
+                // A redirect's response (with its TargetAddress) is already queued.
+                if !e.status.is_redirect() {
+                    self.respond_status(&req, e.status, Vec::new());
+                }
                 TargetLoginStep::Failed(e)
             }
         }

@@ -225,6 +225,11 @@ impl LogicalUnit {
         }
     }
 
+    /// REPORTED LUNS DATA HAS CHANGED (0x3f/0x0e) for every nexus (after a reload).
+    pub fn luns_changed(&self) {
+        self.unit_attention_others("", ScsiError::new(SenseKey::UNIT_ATTENTION, 0x3f, 0x0e));
+    }
+
     /// Queue a unit attention for every nexus but `except`.
     fn unit_attention_others(&self, except: &str, e: ScsiError) {
         if let Ok(mut ua) = self.unit_attentions.lock() {

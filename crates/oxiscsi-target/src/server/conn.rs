@@ -34,13 +34,14 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     sock: TcpStream,
     peer: SocketAddr,
+    tag: u16,
     stop: watch::Receiver<bool>,
 ) {
     let local = sock.local_addr().ok();
     let span = tracing::info_span!("conn", %peer);
     let _e = span.enter();
     drop(_e);
-    if let Err(e) = serve(shared, sock, peer, local, stop).await {
+    if let Err(e) = serve(shared, sock, peer, local, tag, stop).await {
         tracing::debug!(%peer, error = %e, "connection ended");
     }
 }
@@ -164,6 +165,7 @@ async fn serve(
     sock: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    tag: u16,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = sock.into_split();
@@ -208,7 +210,7 @@ async fn serve(
     let mut login = TargetLogin::new(
         TargetLoginConfig {
             operational: TargetLoginConfig::default_operational(),
-            target_portal_group_tag: 1,
+            target_portal_group_tag: tag,
             timeout: shared.cfg.login_timeout,
             initial_stat_sn: SerialNumber(rng.gen()),
             queue_depth: shared.cfg.queue_depth,
@@ -223,7 +225,14 @@ async fn serve(
                 Err(e) => return Err(refuse_malformed(&mut wr, e).await),
             },
         };
-        let step = login.handle_pdu(pdu, &LoginDirectory { shared: &shared }, &mut rng);
+        let step = login.handle_pdu(
+            pdu,
+            &LoginDirectory {
+                shared: &shared,
+                tag,
+            },
+            &mut rng,
+        );
         let mut reinstated = None;
         if let TargetLoginStep::Complete(o) = &step {
             reinstated = Some(o.clone());
@@ -248,10 +257,7 @@ async fn serve(
     };
     drop(permit);
     let (o, final_rsp) = outcome;
-    let target: Option<Arc<Target>> = o
-        .target_name
-        .as_deref()
-        .and_then(|n| shared.target(n).cloned());
+    let target: Option<Arc<Target>> = o.target_name.as_deref().and_then(|n| shared.target(n));
     if o.session_type == SessionType::Normal && target.is_none() {
         return Err("target vanished during login".into());
     }
@@ -285,7 +291,7 @@ async fn serve(
         "session logged in"
     );
     if let Some(t) = &target {
-        for lu in t.luns.values() {
+        for lu in t.luns().values() {
             lu.add_nexus(&nexus);
         }
     }
@@ -304,7 +310,7 @@ async fn serve(
     )
     .await;
     if let Some(t) = &target {
-        for lu in t.luns.values() {
+        for lu in t.luns().values() {
             lu.remove_nexus(&nexus);
         }
     }
@@ -359,12 +365,12 @@ async fn full_feature(
                     if let Some(t) = target {
                         match function {
                             TmfFunction::TARGET_WARM_RESET | TmfFunction::TARGET_COLD_RESET => {
-                                for lu in t.luns.values() {
+                                for lu in t.luns().values() {
                                     lu.reset();
                                 }
                             }
                             _ => {
-                                if let Some(lu) = lun.number().and_then(|n| t.luns.get(&n)) {
+                                if let Some(lu) = lun.number().and_then(|n| t.lun(n)) {
                                     lu.reset();
                                 }
                             }
@@ -454,14 +460,14 @@ fn execute(target: Option<&Target>, nexus: &str, t: &ScsiTask) -> ScsiOutcome {
     }
     // EXTENDED COPY and RECEIVE COPY RESULTS see every LU of this target and no other.
     if op == 0x83 || op == 0x84 {
-        let Some(lu) = t.lun.number().and_then(|n| target.luns.get(&n)) else {
+        let Some(lu) = t.lun.number().and_then(|n| target.lun(n)) else {
             return ScsiError::LUN_NOT_SUPPORTED.outcome(false);
         };
         if let Err(o) = lu.check_reservation(nexus, op, &t.cdb) {
             return o;
         }
         return if op == 0x83 {
-            let o = crate::xcopy::extended_copy(&target.luns, &target.copies, nexus, t);
+            let o = crate::xcopy::extended_copy(&target.luns(), &target.copies, nexus, t);
             if o.status != oxiscsi_proto::pdu::ScsiStatus::GOOD {
                 tracing::debug!(sense = %crate::xcopy::describe(&o), "EXTENDED COPY refused");
             }
@@ -470,7 +476,7 @@ fn execute(target: Option<&Target>, nexus: &str, t: &ScsiTask) -> ScsiOutcome {
             crate::xcopy::receive_copy_results(&target.copies, nexus, &t.cdb)
         };
     }
-    match t.lun.number().and_then(|n| target.luns.get(&n)) {
+    match t.lun.number().and_then(|n| target.lun(n)) {
         Some(lu) => lu.execute(nexus, t),
         None if op == 0x12 && t.cdb.len() >= 5 && t.cdb[1] & 1 == 0 => {
             // SPC-4 §6.6.2: peripheral qualifier 011b, type 1Fh for a LUN that is not there.
@@ -499,10 +505,11 @@ fn report_luns(target: &Target, cdb: &[u8]) -> ScsiOutcome {
     if alloc < 16 {
         return ScsiError::INVALID_FIELD_IN_CDB.outcome(false);
     }
-    let mut d = Vec::with_capacity(8 + 8 * target.luns.len());
-    d.extend_from_slice(&((8 * target.luns.len()) as u32).to_be_bytes());
+    let luns = target.luns();
+    let mut d = Vec::with_capacity(8 + 8 * luns.len());
+    d.extend_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
     d.extend_from_slice(&[0; 4]);
-    for n in target.luns.keys() {
+    for n in luns.keys() {
         let mut e = [0u8; 8];
         if *n < 256 {
             e[1] = *n as u8;
@@ -519,10 +526,10 @@ fn report_luns(target: &Target, cdb: &[u8]) -> ScsiOutcome {
     }
 }
 
-fn portal_string(a: SocketAddr) -> String {
+fn portal_string(a: SocketAddr, tag: u16) -> String {
     match a {
-        SocketAddr::V4(v) => format!("{}:{},1", v.ip(), v.port()),
-        SocketAddr::V6(v) => format!("[{}]:{},1", v.ip(), v.port()),
+        SocketAddr::V4(v) => format!("{}:{},{tag}", v.ip(), v.port()),
+        SocketAddr::V6(v) => format!("[{}]:{},{tag}", v.ip(), v.port()),
     }
 }
 
@@ -541,24 +548,35 @@ fn text_reply(
             out.push((k.clone(), "NotUnderstood".into()));
             continue;
         }
-        let wanted: Vec<&Target> = match v.as_str() {
-            "All" if session_target.is_none() => shared.targets.iter().map(|t| &**t).collect(),
-            "" | "All" => session_target.into_iter().collect(),
-            name => shared.target(name).map(|t| &**t).into_iter().collect(),
+        let wanted: Vec<Arc<Target>> = match v.as_str() {
+            "All" if session_target.is_none() => shared.targets(),
+            "" | "All" => session_target
+                .and_then(|t| shared.target(&t.iqn))
+                .into_iter()
+                .collect(),
+            name => shared.target(name).into_iter().collect(),
         };
         for t in wanted {
-            if !shared.allowed(t, initiator) {
+            if t.is_removed() || !shared.allowed(&t, initiator) {
                 continue;
             }
-            out.push(("TargetName".into(), t.spec.iqn.clone()));
-            for p in &shared.portals {
+            let spec = t.spec();
+            if spec.redirect.is_some() {
+                // In maintenance: its portals would only redirect.
+                continue;
+            }
+            out.push(("TargetName".into(), t.iqn.clone()));
+            for (p, tag) in &shared.portals {
+                if !spec.portal_groups.is_empty() && !spec.portal_groups.contains(tag) {
+                    continue;
+                }
                 let mut a = *p;
                 if a.ip().is_unspecified() {
                     if let Some(l) = local {
                         a.set_ip(l.ip());
                     }
                 }
-                out.push(("TargetAddress".into(), portal_string(a)));
+                out.push(("TargetAddress".into(), portal_string(a, *tag)));
             }
         }
     }

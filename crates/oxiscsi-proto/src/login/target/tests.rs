@@ -544,3 +544,34 @@ fn leaving_security_mid_chap_is_refused() {
     );
     assert_eq!(s, LoginStatus::AUTHENTICATION_FAILURE);
 }
+
+#[test]
+fn redirect_carries_the_target_address() {
+    struct Moved;
+    impl Directory for Moved {
+        fn admit(&self, _: &str, _: SessionType, _: Option<&str>) -> Admission {
+            Admission::Redirect {
+                address: "10.0.0.2:3260,1".into(),
+                permanent: true,
+            }
+        }
+        fn tsih(&self, _: &str, _: Isid, _: u16) -> Result<u16, LoginStatus> {
+            Ok(1)
+        }
+    }
+    let now = Instant::now();
+    let mut ini = InitiatorLogin::new(icfg(None), now, Box::new(StdRng::seed_from_u64(1))).unwrap();
+    let mut tgt = TargetLogin::new(tcfg(), now);
+    let mut rng = StdRng::seed_from_u64(7);
+    let req = ini.poll_transmit().unwrap();
+    let _ = tgt.handle_pdu(req, &Moved, &mut rng);
+    let rsp = tgt.poll_transmit().unwrap();
+    assert!(tgt.poll_transmit().is_none(), "exactly one response");
+    match ini.handle_pdu(rsp).unwrap() {
+        LoginStep::Redirect { address, permanent } => {
+            assert_eq!(address, "10.0.0.2:3260,1");
+            assert!(permanent);
+        }
+        other => panic!("{other:?}"),
+    }
+}

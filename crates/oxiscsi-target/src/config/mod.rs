@@ -1,5 +1,8 @@
-//! What the target serves: portals, targets, LUNs, ACLs and CHAP accounts, built from the
-//! quick flags of `oxiscsi target` (a TOML file comes later).
+//! What the target serves: portals and portal groups, targets, LUNs, ACLs, CHAP accounts
+//! and limits, built from the quick flags of `oxiscsi target` or read from a TOML file
+//! ([`file`]).
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,8 +121,23 @@ pub fn parse_chap(s: &str) -> Result<ChapCredentials, String> {
     })
 }
 
+/// Send initiators elsewhere while a target is in maintenance (RFC 7143 §11.13.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `host:port` or `[v6]:port`, optionally `,tpgt`.
+    pub address: String,
+    pub permanent: bool,
+}
+
+/// A portal group beyond the default one (tag 1, the `listen` addresses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalGroup {
+    pub tag: u16,
+    pub listen: Vec<SocketAddr>,
+}
+
 /// One target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSpec {
     pub iqn: String,
     pub alias: Option<String>,
@@ -130,12 +148,19 @@ pub struct TargetSpec {
     pub mutual_chap: Option<ChapCredentials>,
     /// Initiator names admitted; empty admits all.
     pub allow: Vec<String>,
+    /// Portal group tags the target is reachable through; empty means all.
+    pub portal_groups: Vec<u16>,
+    /// Logins are redirected (maintenance).
+    pub redirect: Option<Redirect>,
 }
 
 /// The whole target server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetConfig {
+    /// Portal group 1.
     pub listen: Vec<SocketAddr>,
+    /// More portal groups (tags other than 1).
+    pub portal_groups: Vec<PortalGroup>,
     pub targets: Vec<TargetSpec>,
     pub discovery_chap: Option<ChapCredentials>,
     /// Logins in progress at once; more are answered 0x0301 (service unavailable).
@@ -152,6 +177,7 @@ impl Default for TargetConfig {
     fn default() -> Self {
         TargetConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 3260))],
+            portal_groups: Vec::new(),
             targets: Vec::new(),
             discovery_chap: None,
             max_logins_in_progress: 1024,
@@ -208,6 +234,24 @@ impl TargetConfig {
             for a in &t.allow {
                 oxiscsi_proto::login::target::check_iscsi_name(a)
                     .map_err(|e| format!("--allow {a}: {e}"))?;
+            }
+        }
+        let mut tags = vec![1u16];
+        for g in &self.portal_groups {
+            if g.tag == 0 || tags.contains(&g.tag) {
+                return Err(format!(
+                    "portal group tag {} is 0 or used twice (tag 1 is the main --listen group)",
+                    g.tag
+                ));
+            }
+            tags.push(g.tag);
+        }
+        for t in &self.targets {
+            if let Some(bad) = t.portal_groups.iter().find(|g| !tags.contains(g)) {
+                return Err(format!(
+                    "target {} names portal group {bad}, which is not defined",
+                    t.iqn
+                ));
             }
         }
         if self.max_logins_in_progress == 0 || self.queue_depth == 0 {
