@@ -704,3 +704,124 @@ async fn logins_past_the_bound_get_service_unavailable() {
     alive(&portal).await;
     h.shutdown().await;
 }
+
+/// Log in with a fixed ISID (our Session picks random ones).
+async fn raw_login_isid(portal: &str, isid: Isid) -> Raw {
+    let mut r = Raw::connect(portal).await;
+    let mut l = InitiatorLogin::new(
+        LoginConfig {
+            initiator_name: INI.into(),
+            initiator_alias: None,
+            target_name: Some(IQN.into()),
+            session_type: SessionType::Normal,
+            isid,
+            tsih: 0,
+            cid: 0,
+            itt: 1,
+            cmd_sn: SerialNumber(1),
+            exp_stat_sn: SerialNumber(0),
+            chap: None,
+            operational: LoginConfig::default_operational(),
+            timeout: Duration::from_secs(5),
+        },
+        std::time::Instant::now(),
+        Box::new(rand::rngs::StdRng::seed_from_u64(2)),
+    )
+    .unwrap();
+    loop {
+        while let Some(p) = l.poll_transmit() {
+            r.send(&p).await;
+        }
+        let rsp = r
+            .recv(Duration::from_secs(5))
+            .await
+            .expect("login response");
+        if let LoginStep::Complete(o) = l.handle_pdu(rsp).unwrap() {
+            r.cmd_sn = o.cmd_sn;
+            r.exp_stat_sn = o.exp_stat_sn;
+            return r;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_sessions_per_initiator_and_reinstatement() {
+    let (h, portal) = start(false, 1024).await;
+    let isid_a = Isid([0x80, 1, 2, 3, 4, 5]);
+    let isid_b = Isid([0x80, 1, 2, 3, 4, 6]);
+    // Two sessions of one initiator, distinct ISIDs: both live.
+    let mut a = raw_login_isid(&portal, isid_a).await;
+    let mut b = raw_login_isid(&portal, isid_b).await;
+    assert_eq!(h.sessions(), 2);
+    for r in [&mut a, &mut b] {
+        let p = r.cmd(0x10, false, 0, 1, Bytes::new(), true);
+        r.send(&p).await;
+        assert!(matches!(
+            r.recv(Duration::from_secs(3)).await,
+            Some(Pdu::DataIn(_)) | Some(Pdu::ScsiResponse(_))
+        ));
+    }
+    // A new login with A's ISID and TSIH 0: session reinstatement (§6.3.5) ends A
+    // before the new one is admitted.
+    let mut a2 = raw_login_isid(&portal, isid_a).await;
+    assert!(
+        a.closed(Duration::from_secs(3)).await,
+        "old session still open after reinstatement"
+    );
+    let p = a2.cmd(0x11, false, 0, 1, Bytes::new(), true);
+    a2.send(&p).await;
+    assert!(a2.recv(Duration::from_secs(3)).await.is_some());
+    // B was not touched.
+    let p = b.cmd(0x12, false, 0, 1, Bytes::new(), true);
+    b.send(&p).await;
+    assert!(b.recv(Duration::from_secs(3)).await.is_some());
+    assert_eq!(h.sessions(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_ignores_pings_is_closed() {
+    let cfg = TargetConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        targets: vec![TargetSpec {
+            iqn: IQN.into(),
+            alias: None,
+            luns: vec![LunSpec {
+                lun: 1,
+                backing: Backing::Mem { size: 1 << 20 },
+                read_only: false,
+            }],
+            chap: None,
+            mutual_chap: None,
+            allow: Vec::new(),
+            portal_groups: Vec::new(),
+            redirect: None,
+        }],
+        nop_interval: Some(Duration::from_millis(500)),
+        nop_timeout: Duration::from_millis(500),
+        ..TargetConfig::default()
+    };
+    let s = Server::bind(cfg).await.unwrap();
+    let portal = s.local_addrs()[0].to_string();
+    let h = s.spawn();
+    let mut r = Raw::login(&portal, &[]).await;
+    // The target pings (NOP-In, ITT 0xffffffff); we never answer.
+    match r.recv(Duration::from_secs(2)).await {
+        Some(Pdu::NopIn(n)) => assert_eq!(n.itt, 0xffff_ffff),
+        other => panic!("expected a NOP-In ping, got {other:?}"),
+    }
+    let t0 = std::time::Instant::now();
+    assert!(
+        r.closed(Duration::from_secs(3)).await,
+        "dead connection not closed"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // A well-behaved session (our initiator answers pings) stays.
+    let good = Session::connect(SessionConfig::new(portal.clone(), IQN))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    good.read(1, 0, 1).await.unwrap();
+    good.logout().await.unwrap();
+    h.shutdown().await;
+}
