@@ -208,6 +208,47 @@ fn kill_9_then_restart_and_sigterm_stop() {
     drop(t);
     // Same portal again: libiscsi and our tools get back in.
     let mut t = Target::start(port, &["--lun", "1:mem:16M"]);
+    // And a libiscsi session that was running when the target died reconnects on its
+    // own and carries on: iscsi-perf -l prints a line a second; after the kill -9 and
+    // the restart there must be lines with I/O flowing again. (Whether iscsi-perf then
+    // exits on its own depends on its NOP timer; we stop it ourselves.)
+    let mut perf = Command::new("iscsi-perf")
+        .args(["-l", "-t", "30", "-m", "8", "-b", "8", &t.url(1)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let out = perf.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    t.signal(libc::SIGKILL);
+    assert!(t.wait_for(Duration::from_secs(5)).is_some());
+    drop(t);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut t = Target::start(port, &["--lun", "1:mem:16M"]);
+    let restarted = lines.lock().unwrap().len();
+    std::thread::sleep(Duration::from_millis(4500));
+    let _ = perf.kill();
+    let _ = perf.wait();
+    let after: Vec<String> = lines.lock().unwrap()[restarted..].to_vec();
+    let flowing = after
+        .iter()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("iops current ")?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .filter(|&iops| iops > 1000)
+        .count();
+    assert!(
+        flowing >= 2,
+        "libiscsi did not resume I/O after the restart: {after:?}"
+    );
     let (ok, out) = run(Command::new("iscsi-inq").arg(t.url(1)));
     assert!(ok, "{out}");
     let (ok, out) = run(ox().args(["inq", &t.url(1)]));
