@@ -366,3 +366,62 @@ fn config_file_and_sighup_reload() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ipv6_and_chap_with_our_tools_and_libiscsi() {
+    let port = {
+        let l = TcpListener::bind("[::1]:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut c = ox();
+    c.args([
+        "target",
+        "--listen",
+        &format!("[::1]:{port}"),
+        "--iqn",
+        IQN,
+        "--lun",
+        "1:mem:16M",
+    ])
+    .args(["--chap", "alice:alicesecret12"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains(&format!("[::1]:{port}")), "{line}");
+    std::thread::spawn(move || {
+        while out
+            .read_line(&mut String::new())
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    });
+    let url = |user: &str| format!("iscsi://{user}[::1]:{port}/{IQN}/1");
+    // Secret in the URL, and from the environment with digests on.
+    let (ok, o) = run(ox().args(["inq", &url("alice%alicesecret12@")]));
+    assert!(ok, "{o}");
+    assert!(o.contains("OXISCSI"), "{o}");
+    let (ok, o) = run(ox().env("OXISCSI_CHAP_PASSWORD", "alicesecret12").args([
+        "--header-digest",
+        "crc32c",
+        "--data-digest",
+        "crc32c",
+        "readcap",
+        &url("alice@"),
+    ]));
+    assert!(ok, "{o}");
+    // A wrong secret: exit code 4 and the words.
+    let o = ox()
+        .args(["inq", &url("alice%wrongsecret12@")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("authentication failure (0x0201)"));
+    // libiscsi over IPv6 with CHAP.
+    let (ok, o) = run(Command::new("iscsi-inq").arg(url("alice%alicesecret12@")));
+    assert!(ok, "{o}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
