@@ -86,8 +86,15 @@ async fn reload_adds_removes_and_changes_without_touching_other_sessions() {
     assert!(sa.read(1, 0, 1).await.unwrap().iter().all(|&b| b == 7));
     assert_eq!(sa.report_luns().await.unwrap(), vec![1, 2]);
     sa.write(2, 0, Bytes::from(vec![9u8; 512])).await.unwrap();
-    // B's session ended; B is gone from discovery; C is there and works.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // B's session was asked to log out and did; B is gone from discovery; C works.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        sb.closed_reason()
+            .unwrap_or_default()
+            .contains("logged out"),
+        "{:?}",
+        sb.closed_reason()
+    );
     assert!(sb.read(1, 0, 1).await.is_err());
     let names: Vec<String> = discover(&portal)
         .await
@@ -106,7 +113,7 @@ async fn reload_adds_removes_and_changes_without_touching_other_sessions() {
     acl.targets[0].allow = vec!["iqn.2026-11.rs.oxiscsi:someone-else".into()];
     let r = h.reload(acl).unwrap();
     assert_eq!(r.sessions_ended, 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sa.read(1, 0, 1).await.is_err());
     assert!(sc.read(5, 0, 1).await.is_ok(), "C was not touched");
     sc.logout().await.unwrap();
@@ -128,13 +135,29 @@ async fn portal_groups_and_maintenance_redirect() {
     let mut b = target(B, &[1]);
     b.portal_groups = vec![2];
     let mut xc = cfg(vec![a, b]);
-    xc.portal_groups = vec![PortalGroup {
-        tag: 2,
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-    }];
+    xc.portal_groups = vec![
+        PortalGroup {
+            tag: 2,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            redirect: None,
+        },
+        // Group 3 is in maintenance: everything arriving there goes to Y.
+        PortalGroup {
+            tag: 3,
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            redirect: Some(Redirect {
+                address: y_portal.clone(),
+                permanent: true,
+            }),
+        },
+    ];
     let x = Server::bind(xc).await.unwrap();
     let addrs = x.local_addrs();
-    let (g1, g2) = (addrs[0].to_string(), addrs[1].to_string());
+    let (g1, g2, g3) = (
+        addrs[0].to_string(),
+        addrs[1].to_string(),
+        addrs[2].to_string(),
+    );
     let hx = x.spawn();
     // The login to A at X ends up at Y.
     let s = Session::connect(SessionConfig::new(g1.clone(), A))
@@ -160,6 +183,12 @@ async fn portal_groups_and_maintenance_redirect() {
         found.iter().all(|t| t.name != A),
         "a target in maintenance is not advertised"
     );
+    // A login to B through group 3 (in maintenance) is redirected to Y, which does not
+    // serve B: the error names Y's portal.
+    let e = Session::connect(SessionConfig::new(g3.clone(), B))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&y_portal), "{e}");
     hx.shutdown().await;
     hy.shutdown().await;
 }

@@ -49,6 +49,7 @@ struct Server {
 struct Group {
     tag: Spanned<u16>,
     listen: Vec<Spanned<String>>,
+    redirect: Option<RedirectCfg>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +214,10 @@ pub fn parse(path: &Path, text: &str) -> Result<TargetConfig, ConfigError> {
         cfg.portal_groups.push(PortalGroup {
             tag: *g.tag.get_ref(),
             listen: g.listen.iter().map(addr).collect::<Result<_, _>>()?,
+            redirect: g.redirect.as_ref().map(|r| Redirect {
+                address: r.address.clone(),
+                permanent: r.permanent,
+            }),
         });
     }
     for t in &f.target {

@@ -134,6 +134,8 @@ pub struct Redirect {
 pub struct PortalGroup {
     pub tag: u16,
     pub listen: Vec<SocketAddr>,
+    /// Maintenance: every login arriving at this group is sent there.
+    pub redirect: Option<Redirect>,
 }
 
 /// One target.

@@ -262,7 +262,7 @@ async fn serve(
         return Err("target vanished during login".into());
     }
     // Session table; reinstatement ends the old session first (§6.3.5).
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(0u8);
     let (done_tx, done_rx) = watch::channel(false);
     let target_iqn = o.target_name.clone().unwrap_or_default();
     if let Some((old_stop, mut old_done)) = shared.register(
@@ -274,7 +274,7 @@ async fn serve(
         done_rx,
     ) {
         tracing::info!(initiator = %o.initiator_name, isid = %o.isid, "reinstating session: ending the old one first");
-        let _ = old_stop.send(true);
+        let _ = old_stop.send(super::Stop::REINSTATED);
         let _ = tokio::time::timeout(Duration::from_secs(10), old_done.wait_for(|d| *d)).await;
     }
     let digests = (o.params.header_digest, o.params.data_digest);
@@ -332,7 +332,7 @@ async fn full_feature(
     digests: (Digest, Digest),
     local: Option<SocketAddr>,
     server_stop: &mut watch::Receiver<bool>,
-    session_stop: &mut watch::Receiver<bool>,
+    session_stop: &mut watch::Receiver<u8>,
 ) -> Result<(), String> {
     let framer = Framer {
         header_digest: o.params.header_digest,
@@ -430,12 +430,19 @@ async fn full_feature(
                 stopping = true;
                 conn.request_logout(Instant::now(), LOGOUT_WITHIN);
             }
-            _ = session_stop.changed() => {
-                conn.handle_closed(if stopping {
-                    "did not log out in time after the target asked it to"
-                } else {
-                    "session reinstated by a new login with the same ISID"
-                });
+            r = session_stop.changed() => {
+                let why = if r.is_err() { super::Stop::LATE } else { *session_stop.borrow() };
+                match why {
+                    super::Stop::ASK_LOGOUT if !stopping => {
+                        stopping = true;
+                        conn.request_logout(Instant::now(), LOGOUT_WITHIN);
+                    }
+                    super::Stop::ASK_LOGOUT => {}
+                    super::Stop::REINSTATED => {
+                        conn.handle_closed("session reinstated by a new login with the same ISID")
+                    }
+                    _ => conn.handle_closed("did not log out in time after the target asked it to"),
+                }
             }
         }
     }

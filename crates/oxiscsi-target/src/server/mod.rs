@@ -58,13 +58,26 @@ impl Target {
     }
 }
 
+/// Why a session is told to end, sent on its stop channel.
+pub(crate) struct Stop;
+
+impl Stop {
+    /// Ask the initiator to log out (Async event 1), close if it does not in time:
+    /// its target was removed or its ACL no longer admits it.
+    pub const ASK_LOGOUT: u8 = 1;
+    /// Close now: a new login reinstated the session (§6.3.5).
+    pub const REINSTATED: u8 = 2;
+    /// Close now: it was asked to log out at shutdown and did not.
+    pub const LATE: u8 = 3;
+}
+
 /// A live session, for reinstatement (§6.3.5) and the session count.
 #[derive(Debug)]
 struct SessionEntry {
     tsih: u16,
     target: String,
-    /// Tell the session to end.
-    stop: watch::Sender<bool>,
+    /// Tell the session to end (a [`Stop`] code).
+    stop: watch::Sender<u8>,
     /// Becomes true once its connection has finished (its tasks have ended).
     done: watch::Receiver<bool>,
 }
@@ -126,9 +139,9 @@ impl Shared {
         isid: Isid,
         tsih: u16,
         target: &str,
-        stop: watch::Sender<bool>,
+        stop: watch::Sender<u8>,
         done: watch::Receiver<bool>,
-    ) -> Option<(watch::Sender<bool>, watch::Receiver<bool>)> {
+    ) -> Option<(watch::Sender<u8>, watch::Receiver<bool>)> {
         let mut s = self.sessions.lock().ok()?;
         let old = s.insert(
             (initiator.to_string(), isid),
@@ -159,7 +172,7 @@ impl Shared {
     fn stop_all(&self) {
         if let Ok(s) = self.sessions.lock() {
             for e in s.values() {
-                let _ = e.stop.send(true);
+                let _ = e.stop.send(Stop::LATE);
             }
         }
     }
@@ -172,7 +185,7 @@ impl Shared {
         let mut n = 0;
         for ((ini, _), e) in s.iter() {
             if e.target.eq_ignore_ascii_case(target) && initiator.is_none_or(|i| i == ini) {
-                let _ = e.stop.send(true);
+                let _ = e.stop.send(Stop::ASK_LOGOUT);
                 n += 1;
             }
         }
@@ -226,6 +239,20 @@ impl Directory for LoginDirectory<'_> {
                 target_alias: None,
             },
             SessionType::Normal => {
+                // A portal group in maintenance sends every login elsewhere.
+                if let Some(r) = self
+                    .shared
+                    .cfg
+                    .portal_groups
+                    .iter()
+                    .find(|g| g.tag == self.tag)
+                    .and_then(|g| g.redirect.as_ref())
+                {
+                    return Admission::Redirect {
+                        address: r.address.clone(),
+                        permanent: r.permanent,
+                    };
+                }
                 let Some(t) = target.and_then(|n| self.shared.target(n)) else {
                     return Admission::Refuse(LoginStatus::NOT_FOUND);
                 };
