@@ -27,6 +27,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Allocation of `[offset, offset+len)`: runs of (start, length, mapped), in order,
     /// covering the range (GET LBA STATUS).
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>>;
+    /// True when an access can wait on a device (a disk, a network file system): such
+    /// LUNs run their commands on a blocking thread pool, so a slow disk never stalls
+    /// other connections. Memory and tmpfs/ramfs never wait.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Merge a per-chunk mapped/unmapped scan into runs.
@@ -57,7 +63,13 @@ pub struct FileBackend {
     file: File,
     path: PathBuf,
     len: u64,
+    /// On tmpfs/ramfs: accesses never wait on a device.
+    in_memory: bool,
 }
+
+/// tmpfs and ramfs magic numbers (statfs(2)): files there live in memory.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
 impl FileBackend {
     /// Open `path`; create it sparse at `size` bytes if missing. An existing file keeps
@@ -95,10 +107,14 @@ impl FileBackend {
                 len = s;
             }
         }
+        let in_memory = rustix::fs::fstatfs(&file)
+            .map(|s| matches!(s.f_type as u64, TMPFS_MAGIC | RAMFS_MAGIC))
+            .unwrap_or(false);
         Ok(FileBackend {
             file,
             path: path.to_path_buf(),
             len,
+            in_memory,
         })
     }
 }
@@ -141,6 +157,9 @@ impl Backend for FileBackend {
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+    fn may_block(&self) -> bool {
+        !self.in_memory
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
         // SEEK_DATA/SEEK_HOLE: what the file system knows about holes.
@@ -228,6 +247,9 @@ impl Backend for MemBackend {
     }
     fn describe(&self) -> String {
         format!("mem:{}", self.id)
+    }
+    fn may_block(&self) -> bool {
+        false
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
         // Memory has no holes; all-zero blocks count as deallocated (LBPRZ: an unmapped

@@ -151,6 +151,11 @@ impl LogicalUnit {
         self.backend.describe()
     }
 
+    /// Commands may wait on a device: run them off the async workers.
+    pub fn may_block(&self) -> bool {
+        self.backend.may_block()
+    }
+
     /// The NAA designator of VPD page 0x83 (how EXTENDED COPY names this LU).
     pub fn naa(&self) -> &[u8] {
         &self.naa

@@ -352,15 +352,29 @@ async fn full_feature(
         Instant::now(),
     );
     let mut stopping = false;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, ScsiOutcome)>();
     loop {
         // Everything the core produced, run to completion.
         let mut close: Option<String> = None;
         while let Some(ev) = conn.poll_event() {
             match ev {
-                TargetEvent::Execute(t) => {
-                    let out = execute(target, nexus, &t);
-                    conn.complete(t.itt, out);
-                }
+                TargetEvent::Execute(t) => match route(target, &t) {
+                    Route::Now(out) => conn.complete(t.itt, out),
+                    Route::Inline(lu) => conn.complete(t.itt, lu.execute(nexus, &t)),
+                    Route::Blocking(job) => {
+                        // A LUN on a device: run it on the blocking pool; the outcome
+                        // comes back through `done` (the core takes completions in any
+                        // order), so one slow disk stalls neither this connection's
+                        // other commands nor anyone else's.
+                        let done = done_tx.clone();
+                        let nexus = nexus.to_string();
+                        tokio::task::spawn_blocking(move || {
+                            let itt = t.itt;
+                            let out = job(&nexus, &t);
+                            let _ = done.send((itt, out));
+                        });
+                    }
+                },
                 TargetEvent::Reset { function, lun } => {
                     if let Some(t) = target {
                         match function {
@@ -426,6 +440,7 @@ async fn full_feature(
                 Err(e) => conn.handle_closed(&format!("read error: {e}")),
             },
             _ = sleep_until(deadline) => conn.handle_timeout(Instant::now()),
+            Some((itt, out)) = done_rx.recv() => conn.complete(itt, out),
             _ = server_stop.changed(), if !stopping => {
                 stopping = true;
                 conn.request_logout(Instant::now(), LOGOUT_WITHIN);
@@ -455,36 +470,59 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Run one command: REPORT LUNS for the target, the rest on its LU.
-fn execute(target: Option<&Target>, nexus: &str, t: &ScsiTask) -> ScsiOutcome {
+/// A job for the blocking pool.
+type Job = Box<dyn FnOnce(&str, &ScsiTask) -> ScsiOutcome + Send>;
+
+/// Where a command runs.
+enum Route {
+    /// Answered without touching a backend.
+    Now(ScsiOutcome),
+    /// On an LU whose backend never waits (memory, tmpfs): on this task.
+    Inline(Arc<crate::lu::LogicalUnit>),
+    /// On the blocking pool.
+    Blocking(Job),
+}
+
+/// Decide where a command runs: REPORT LUNS and errors at once, EXTENDED COPY (any size,
+/// any LU of the target) and commands to LUNs on devices on the blocking pool, the rest
+/// inline.
+fn route(target: Option<&Target>, t: &ScsiTask) -> Route {
     let Some(target) = target else {
         // Discovery sessions have no LUNs.
-        return ScsiError::LUN_NOT_SUPPORTED.outcome(false);
+        return Route::Now(ScsiError::LUN_NOT_SUPPORTED.outcome(false));
     };
     let op = t.cdb.first().copied().unwrap_or(0xff);
     if op == 0xa0 {
-        return report_luns(target, &t.cdb);
+        return Route::Now(report_luns(target, &t.cdb));
     }
+    let lu = t.lun.number().and_then(|n| target.lun(n));
     // EXTENDED COPY and RECEIVE COPY RESULTS see every LU of this target and no other.
     if op == 0x83 || op == 0x84 {
-        let Some(lu) = t.lun.number().and_then(|n| target.lun(n)) else {
-            return ScsiError::LUN_NOT_SUPPORTED.outcome(false);
+        let Some(lu) = lu else {
+            return Route::Now(ScsiError::LUN_NOT_SUPPORTED.outcome(false));
         };
-        if let Err(o) = lu.check_reservation(nexus, op, &t.cdb) {
-            return o;
-        }
-        return if op == 0x83 {
-            let o = crate::xcopy::extended_copy(&target.luns(), &target.copies, nexus, t);
-            if o.status != oxiscsi_proto::pdu::ScsiStatus::GOOD {
-                tracing::debug!(sense = %crate::xcopy::describe(&o), "EXTENDED COPY refused");
+        let luns = target.luns();
+        let copies = target.copies.clone();
+        return Route::Blocking(Box::new(move |nexus, t| {
+            if let Err(o) = lu.check_reservation(nexus, op, &t.cdb) {
+                return o;
             }
-            o
-        } else {
-            crate::xcopy::receive_copy_results(&target.copies, nexus, &t.cdb)
-        };
+            if op == 0x83 {
+                let o = crate::xcopy::extended_copy(&luns, &copies, nexus, t);
+                if o.status != oxiscsi_proto::pdu::ScsiStatus::GOOD {
+                    tracing::debug!(sense = %crate::xcopy::describe(&o), "EXTENDED COPY refused");
+                }
+                o
+            } else {
+                crate::xcopy::receive_copy_results(&copies, nexus, &t.cdb)
+            }
+        }));
     }
-    match t.lun.number().and_then(|n| target.lun(n)) {
-        Some(lu) => lu.execute(nexus, t),
+    match lu {
+        Some(lu) if lu.may_block() => {
+            Route::Blocking(Box::new(move |nexus, t| lu.execute(nexus, t)))
+        }
+        Some(lu) => Route::Inline(lu),
         None if op == 0x12 && t.cdb.len() >= 5 && t.cdb[1] & 1 == 0 => {
             // SPC-4 §6.6.2: peripheral qualifier 011b, type 1Fh for a LUN that is not there.
             let alloc = usize::from(u16::from_be_bytes([t.cdb[3], t.cdb[4]]));
@@ -494,12 +532,12 @@ fn execute(target: Option<&Target>, nexus: &str, t: &ScsiTask) -> ScsiOutcome {
             d[3] = 0x12;
             d[4] = 31;
             d.truncate(alloc);
-            ScsiOutcome {
+            Route::Now(ScsiOutcome {
                 data: Bytes::from(d),
                 ..Default::default()
-            }
+            })
         }
-        None => ScsiError::LUN_NOT_SUPPORTED.outcome(false),
+        None => Route::Now(ScsiError::LUN_NOT_SUPPORTED.outcome(false)),
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) struct Target {
     pub iqn: String,
     spec: RwLock<TargetSpec>,
     luns: RwLock<LunMap>,
-    pub copies: crate::xcopy::CopyResults,
+    pub copies: Arc<crate::xcopy::CopyResults>,
     removed: AtomicBool,
 }
 
