@@ -121,6 +121,45 @@ async fn reload_adds_removes_and_changes_without_touching_other_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resized_lun_reports_capacity_data_has_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("grow.img");
+    let file = |size: u64| LunSpec {
+        lun: 1,
+        backing: Backing::File {
+            path: path.clone(),
+            size: Some(size),
+        },
+        read_only: false,
+    };
+    let mut t = target(A, &[]);
+    t.luns = vec![file(1 << 20)];
+    let base = cfg(vec![t.clone()]);
+    let s = Server::bind(base.clone()).await.unwrap();
+    let portal = s.local_addrs()[0].to_string();
+    let h = s.spawn();
+    let sa = Session::connect(SessionConfig::new(portal.clone(), A))
+        .await
+        .unwrap();
+    assert_eq!(sa.read_capacity(1).await.unwrap().blocks(), 2048);
+    sa.write(1, 0, Bytes::from(vec![4u8; 512])).await.unwrap();
+    // Grow the file to 2 MiB through a reload.
+    let mut grown = base.clone();
+    grown.targets[0].luns = vec![file(2 << 20)];
+    h.reload(grown).unwrap();
+    // The raw command sees the unit attention first...
+    let cdb = [0x25u8, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let r = sa.execute(1, cdb.to_vec(), Bytes::new(), 8).await.unwrap();
+    let sense = oxiscsi_initiator::scsi::Sense::parse(&r.sense).unwrap();
+    assert_eq!((sense.key.0, sense.asc, sense.ascq), (6, 0x2a, 0x09));
+    // ... then the new size, same data.
+    assert_eq!(sa.read_capacity(1).await.unwrap().blocks(), 4096);
+    assert!(sa.read(1, 0, 1).await.unwrap().iter().all(|&b| b == 4));
+    sa.logout().await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_groups_and_maintenance_redirect() {
     // Server Y serves A normally.
     let y = Server::bind(cfg(vec![target(A, &[1])])).await.unwrap();

@@ -218,6 +218,32 @@ impl LogicalUnit {
         }
     }
 
+    /// The I_T nexuses this LU knows (sessions that can see it).
+    pub fn nexuses(&self) -> Vec<Nexus> {
+        self.unit_attentions
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Take over the sessions of the LU this one replaces (a reload changed the LUN):
+    /// each sees CAPACITY DATA HAS CHANGED when the size differs, else POWER ON (a
+    /// different medium now answers). With no predecessor (a new LUN), `nexuses` get
+    /// POWER ON.
+    pub fn adopt(&self, old: Option<&LogicalUnit>, nexuses: &[Nexus]) {
+        let ua = match old {
+            Some(o) if o.blocks != self.blocks => {
+                ScsiError::new(SenseKey::UNIT_ATTENTION, 0x2a, 0x09)
+            }
+            _ => ScsiError::POWER_ON,
+        };
+        if let Ok(mut m) = self.unit_attentions.lock() {
+            for n in nexuses {
+                m.entry(n.clone()).or_default().push(ua);
+            }
+        }
+    }
+
     pub fn remove_nexus(&self, nexus: &str) {
         if let Ok(mut ua) = self.unit_attentions.lock() {
             ua.remove(nexus);

@@ -538,6 +538,21 @@ impl ServerHandle {
                 let now: Vec<u16> = map.keys().copied().collect();
                 old != now || spec.luns != old_spec.luns
             };
+            // Sessions of this target carry over to replaced and new LUNs.
+            let nexuses: Vec<String> = {
+                let mut v: Vec<String> = t.luns().values().flat_map(|lu| lu.nexuses()).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let old_map = t.luns();
+            for (n, (_, lu)) in &map {
+                match old_map.get(n) {
+                    Some(o) if Arc::ptr_eq(o, lu) => {}
+                    Some(o) => lu.adopt(Some(o), &o.nexuses()),
+                    None => lu.adopt(None, &nexuses),
+                }
+            }
             if let Ok(mut l) = t.luns.write() {
                 *l = map;
             }
