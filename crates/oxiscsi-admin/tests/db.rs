@@ -97,7 +97,7 @@ fn concurrent_updates_are_never_lost() {
             let path = path.clone();
             std::thread::spawn(move || {
                 for round in 0..10 {
-                    db.update(&path, new, |r| {
+                    db.update(&path, oxiscsi_admin::db::record::Kind::Node, new, |r| {
                         r.set(&format!("x.test.k{i}"), &round.to_string())
                     })
                     .unwrap();
@@ -139,4 +139,38 @@ fn a_malformed_record_names_file_and_line() {
     .unwrap();
     let e = Db::new(dir.path()).read(&p).unwrap_err().to_string();
     assert!(e.contains("bad:line 3"), "{e}");
+}
+
+/// `-o show` prints every key in open-iscsi's order with `<empty>`, secrets masked.
+#[test]
+fn show_matches_iscsiadm() {
+    let show = |rel: &str| fixture(&format!("show/{rel}"));
+    let node = node_record("iqn.2026-11.test:two", "10.0.0.2", 3260, 2);
+    assert_lines_equal(&node.show(false), &show("node.txt"));
+    assert_lines_equal(
+        &sendtargets_record("127.0.0.1", 3260).show(false),
+        &show("discoverydb.txt"),
+    );
+    assert_lines_equal(&iface_record("testif").show(false), &show("iface.txt"));
+    // A key set later lands where open-iscsi puts it, and is masked in show.
+    let mut r = oxiscsi_admin::db::record::Kind::Node.complete(
+        &Record::parse(&fixture(
+            "nodes/iqn.2026-11.test:tree/127.0.0.1,3260,1/default",
+        ))
+        .unwrap(),
+    );
+    r.set("node.session.auth.password", "secret123");
+    let file = r.to_string();
+    let lines: Vec<&str> = file.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| l.starts_with("node.session.auth.password"))
+        .unwrap();
+    assert_eq!(lines[i - 1], "node.session.auth.authmethod = None");
+    assert!(r
+        .show(false)
+        .contains("node.session.auth.password = ********"));
+    assert!(r
+        .show(true)
+        .contains("node.session.auth.password = secret123"));
 }

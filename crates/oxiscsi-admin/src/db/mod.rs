@@ -17,7 +17,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use record::{Record, RecordError};
+use record::{Kind, Record, RecordError};
 
 /// A DB operation that failed, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +115,12 @@ impl Db {
         result.map_err(io_err(path))
     }
 
-    /// Read, change and write a record while holding the DB lock. A missing record
-    /// starts from `new`.
+    /// Read, change and write a record of `kind` while holding the DB lock; keys set
+    /// land where open-iscsi puts them. A missing record starts from `new`.
     pub fn update<F>(
         &self,
         path: &Path,
+        kind: Kind,
         new: impl FnOnce() -> Record,
         change: F,
     ) -> Result<Record, DbError>
@@ -128,7 +129,7 @@ impl Db {
     {
         let _lock = self.lock()?;
         let mut r = if path.exists() {
-            self.read(path)?
+            kind.complete(&self.read(path)?)
         } else {
             new()
         };

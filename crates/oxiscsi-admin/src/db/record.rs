@@ -104,34 +104,93 @@ impl fmt::Display for Record {
     }
 }
 
-/// open-iscsi 2.1.8's iface keys with their defaults, in its order.
-const IFACE_KEYS: &[(&str, &str)] = &[
-    ("iface.iscsi_ifacename", ""),
-    ("iface.prefix_len", "0"),
-    ("iface.transport_name", "tcp"),
-    ("iface.vlan_id", "0"),
-    ("iface.vlan_priority", "0"),
-    ("iface.iface_num", "0"),
-    ("iface.mtu", "0"),
-    ("iface.port", "0"),
-    ("iface.tos", "0"),
-    ("iface.ttl", "0"),
-    ("iface.tcp_wsf", "0"),
-    ("iface.tcp_timer_scale", "0"),
-    ("iface.def_task_mgmt_timeout", "0"),
-    ("iface.erl", "0"),
-    ("iface.max_receive_data_len", "0"),
-    ("iface.first_burst_len", "0"),
-    ("iface.max_outstanding_r2t", "0"),
-    ("iface.max_burst_len", "0"),
-];
+/// How open-iscsi shows an empty value.
+pub const EMPTY: &str = "<empty>";
+
+/// The full key lists with defaults, in open-iscsi 2.1.8's order: what `iscsiadm ... -o
+/// show` prints for a fresh record (captured from Debian's iscsiadm; see
+/// tests/fixtures). Files hold only the non-empty values, in the same order.
+const NODE_SCHEMA: &str = include_str!("schema/node.txt");
+const SENDTARGETS_SCHEMA: &str = include_str!("schema/sendtargets.txt");
+const IFACE_SCHEMA: &str = include_str!("schema/iface.txt");
+
+/// Which kind of record (for its key order and defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Node,
+    SendTargets,
+    Iface,
+}
+
+impl Kind {
+    fn schema(self) -> &'static str {
+        match self {
+            Kind::Node => NODE_SCHEMA,
+            Kind::SendTargets => SENDTARGETS_SCHEMA,
+            Kind::Iface => IFACE_SCHEMA,
+        }
+    }
+
+    /// A fresh record: every key with its default (empty ones as "").
+    pub fn defaults(self) -> Record {
+        let mut r = Record::new();
+        for line in self.schema().lines() {
+            if let Some((k, v)) = line.split_once(" = ") {
+                r.set(k.trim(), if v.trim() == EMPTY { "" } else { v.trim() });
+            }
+        }
+        r
+    }
+
+    /// Is this a key of this kind of record?
+    pub fn knows(self, key: &str) -> bool {
+        self.schema()
+            .lines()
+            .any(|l| l.split_once(" = ").is_some_and(|(k, _)| k == key))
+    }
+
+    /// A record read from a file, completed with the defaults of the keys the file
+    /// leaves out (open-iscsi omits empty ones), in open-iscsi's order; keys unknown to
+    /// 2.1.8 are kept at the end.
+    pub fn complete(self, file: &Record) -> Record {
+        let mut r = self.defaults();
+        for (k, v) in file.iter() {
+            r.set(k, v);
+        }
+        // Keys the file does not have are empty unless the schema says otherwise: a
+        // file is the truth for what it holds, so only missing keys keep defaults.
+        r
+    }
+}
+
+impl Record {
+    /// `iscsiadm -o show`: every key, `<empty>` for empty values, secrets masked
+    /// unless `show_secrets` (`-S`).
+    pub fn show(&self, show_secrets: bool) -> String {
+        let mut out = format!("# BEGIN RECORD {RECORD_VERSION}\n");
+        for (k, v) in self.iter() {
+            let v = if v.is_empty() {
+                EMPTY
+            } else if !show_secrets && is_secret(k) {
+                "********"
+            } else {
+                v
+            };
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str("# END RECORD\n");
+        out
+    }
+}
+
+/// CHAP secrets, masked in `show` output unless asked.
+pub fn is_secret(key: &str) -> bool {
+    key.ends_with(".password") || key.ends_with(".password_in")
+}
 
 /// A new iface record as `iscsiadm -m iface -I NAME -o new` writes it.
 pub fn iface_record(name: &str) -> Record {
-    let mut r = Record::new();
-    for (k, v) in IFACE_KEYS {
-        r.set(k, v);
-    }
+    let mut r = Kind::Iface.defaults();
     r.set("iface.iscsi_ifacename", name);
     r
 }
@@ -139,63 +198,10 @@ pub fn iface_record(name: &str) -> Record {
 /// A new node record as `iscsiadm -m node -o new -T IQN -p IP:PORT[,TPGT]` writes it
 /// (iface `default`, iscsid.conf defaults).
 pub fn node_record(iqn: &str, address: &str, port: u16, tpgt: i32) -> Record {
-    let mut r = Record::new();
+    let mut r = Kind::Node.defaults();
     r.set("node.name", iqn);
     r.set("node.tpgt", &tpgt.to_string());
-    r.set("node.startup", "manual");
-    r.set("node.leading_login", "No");
-    for (k, v) in IFACE_KEYS {
-        r.set(k, v);
-    }
-    r.set("iface.iscsi_ifacename", "default");
-    let rest: &[(&str, &str)] = &[
-        ("node.discovery_port", "0"),
-        ("node.discovery_type", "static"),
-        ("node.session.initial_cmdsn", "0"),
-        ("node.session.initial_login_retry_max", "4"),
-        ("node.session.xmit_thread_priority", "-20"),
-        ("node.session.cmds_max", "128"),
-        ("node.session.queue_depth", "32"),
-        ("node.session.nr_sessions", "1"),
-        ("node.session.auth.authmethod", "None"),
-        ("node.session.auth.chap_algs", "MD5"),
-        ("node.session.timeo.replacement_timeout", "120"),
-        ("node.session.err_timeo.abort_timeout", "15"),
-        ("node.session.err_timeo.lu_reset_timeout", "30"),
-        ("node.session.err_timeo.tgt_reset_timeout", "30"),
-        ("node.session.err_timeo.host_reset_timeout", "60"),
-        ("node.session.iscsi.FastAbort", "Yes"),
-        ("node.session.iscsi.InitialR2T", "No"),
-        ("node.session.iscsi.ImmediateData", "Yes"),
-        ("node.session.iscsi.FirstBurstLength", "262144"),
-        ("node.session.iscsi.MaxBurstLength", "16776192"),
-        ("node.session.iscsi.DefaultTime2Retain", "0"),
-        ("node.session.iscsi.DefaultTime2Wait", "2"),
-        ("node.session.iscsi.MaxConnections", "1"),
-        ("node.session.iscsi.MaxOutstandingR2T", "1"),
-        ("node.session.iscsi.ERL", "0"),
-        ("node.session.scan", "auto"),
-        ("node.session.reopen_max", "0"),
-        ("node.conn[0].address", address),
-        ("node.conn[0].port", ""),
-        ("node.conn[0].startup", "manual"),
-        ("node.conn[0].tcp.window_size", "524288"),
-        ("node.conn[0].tcp.type_of_service", "0"),
-        ("node.conn[0].timeo.logout_timeout", "15"),
-        ("node.conn[0].timeo.login_timeout", "30"),
-        ("node.conn[0].timeo.auth_timeout", "45"),
-        ("node.conn[0].timeo.noop_out_interval", "5"),
-        ("node.conn[0].timeo.noop_out_timeout", "5"),
-        ("node.conn[0].iscsi.MaxXmitDataSegmentLength", "0"),
-        ("node.conn[0].iscsi.MaxRecvDataSegmentLength", "262144"),
-        ("node.conn[0].iscsi.HeaderDigest", "None"),
-        ("node.conn[0].iscsi.DataDigest", "None"),
-        ("node.conn[0].iscsi.IFMarker", "No"),
-        ("node.conn[0].iscsi.OFMarker", "No"),
-    ];
-    for (k, v) in rest {
-        r.set(k, v);
-    }
+    r.set("node.conn[0].address", address);
     r.set("node.conn[0].port", &port.to_string());
     r
 }
@@ -203,29 +209,9 @@ pub fn node_record(iqn: &str, address: &str, port: u16, tpgt: i32) -> Record {
 /// A new SendTargets discovery record as `iscsiadm -m discoverydb -t st -p IP:PORT -o
 /// new` writes it.
 pub fn sendtargets_record(address: &str, port: u16) -> Record {
-    let mut r = Record::new();
-    let port = port.to_string();
-    let pairs: &[(&str, &str)] = &[
-        ("discovery.startup", "manual"),
-        ("discovery.type", "sendtargets"),
-        ("discovery.sendtargets.address", address),
-        ("discovery.sendtargets.port", &port),
-        ("discovery.sendtargets.auth.authmethod", "None"),
-        ("node.session.auth.chap_algs", "MD5"),
-        ("discovery.sendtargets.timeo.login_timeout", "15"),
-        ("discovery.sendtargets.use_discoveryd", "No"),
-        ("discovery.sendtargets.discoveryd_poll_inval", "30"),
-        ("discovery.sendtargets.reopen_max", "5"),
-        ("discovery.sendtargets.timeo.auth_timeout", "45"),
-        ("discovery.sendtargets.timeo.active_timeout", "30"),
-        (
-            "discovery.sendtargets.iscsi.MaxRecvDataSegmentLength",
-            "32768",
-        ),
-    ];
-    for (k, v) in pairs {
-        r.set(k, v);
-    }
+    let mut r = Kind::SendTargets.defaults();
+    r.set("discovery.sendtargets.address", address);
+    r.set("discovery.sendtargets.port", &port.to_string());
     r
 }
 
