@@ -7,4 +7,5 @@
 //! - [`db`]: the tree (`nodes/`, `send_targets/`, `ifaces/`), atomic writes and locked
 //!   read-modify-write so concurrent updaters never lose an update.
 
+pub mod adm;
 pub mod db;

@@ -1,0 +1,34 @@
+//! `oxiscsiadm`: iscsiadm's syntax, output formats and exit codes over open-iscsi's
+//! record DB (`--root DIR` or `OXISCSI_ROOT`; default /etc/oxiscsi).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use oxiscsi_admin::adm;
+use oxiscsi_admin::db::Db;
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = adm::parse(&argv).and_then(|a| {
+        let root = a
+            .root
+            .clone()
+            .or_else(|| std::env::var_os("OXISCSI_ROOT").map(Into::into))
+            .unwrap_or_else(|| "/etc/oxiscsi".into());
+        adm::run(&a, &Db::new(root))
+    });
+    match result {
+        Ok(out) => {
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(f) if f.code == adm::exit::OK => {
+            println!("{}", f.message);
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("oxiscsiadm: {}", f.message);
+            ExitCode::from(u8::try_from(f.code).unwrap_or(1))
+        }
+    }
+}
