@@ -14,8 +14,16 @@ pub mod exit {
     pub const ERR: i32 = 1;
     /// Invalid arguments or parameter name (ISCSI_ERR_INVAL).
     pub const INVAL: i32 = 7;
+    /// Transport failure: no TCP connection (ISCSI_ERR_TRANS).
+    pub const TRANS: i32 = 4;
+    /// Login failed (ISCSI_ERR_LOGIN).
+    pub const LOGIN: i32 = 5;
+    /// Timed out (ISCSI_ERR_TRANS_TIMEOUT).
+    pub const TIMEOUT: i32 = 8;
     /// Cannot reach the daemon (ISCSI_ERR_ISCSID_NOTCONN).
     pub const DAEMON: i32 = 20;
+    /// CHAP failed (ISCSI_ERR_LOGIN_AUTH_FAILED).
+    pub const AUTH: i32 = 24;
     /// No records found (ISCSI_ERR_NO_OBJS_FOUND).
     pub const NO_OBJS: i32 = 21;
 }
@@ -57,7 +65,8 @@ pub struct Args {
     pub root: Option<PathBuf>,
 }
 
-pub const USAGE: &str = "usage: oxiscsiadm [--root DIR] -m node [-T IQN] [-p IP[:PORT][,TPGT]] [-I IFACE] [-o new|delete|update|show] [-n NAME -v VALUE] [-P 0|1] [-S] [--json]
+pub const USAGE: &str = "usage: oxiscsiadm [--root DIR] -m discovery -t sendtargets -p IP[:PORT] [-I IFACE] [-P 0|1]
+       oxiscsiadm -m node [-T IQN] [-p IP[:PORT][,TPGT]] [-I IFACE] [-o new|delete|update|show] [-n NAME -v VALUE] [-P 0|1] [-S] [--json]
        oxiscsiadm -m discoverydb -t sendtargets -p IP[:PORT] -o new|delete|update|show [-n NAME -v VALUE]
        oxiscsiadm -m iface [-I NAME] [-o new|delete|update|show] [-n iface.X -v VALUE]";
 
@@ -191,9 +200,10 @@ pub fn run(a: &Args, db: &Db) -> Result<String, Failure> {
         Some("node") => node(a, db),
         Some("discoverydb") => discoverydb(a, db),
         Some("iface") => iface(a, db),
-        Some(m @ ("session" | "discovery" | "host" | "fw")) => Err(fail(
+        Some("discovery") => discovery(a, db),
+        Some(m @ ("session" | "host" | "fw")) => Err(fail(
             exit::DAEMON,
-            format!("-m {m} needs oxiscsid, which is not built yet (issue 4); the DB modes work: node, discoverydb, iface"),
+            format!("-m {m} needs oxiscsid, which is not built yet (issue 4); these work: discovery, node, discoverydb, iface"),
         )),
         Some(m) => Err(fail(exit::INVAL, format!("mode {m:?} is not supported\n{USAGE}"))),
         None => Err(fail(exit::INVAL, format!("no mode given (-m)\n{USAGE}"))),
@@ -459,6 +469,142 @@ fn discoverydb(a: &Args, db: &Db) -> Result<String, Failure> {
             format!("can not recognize operation: '{op}'"),
         )),
     }
+}
+
+/// `-m discovery -t st -p IP[:PORT]`: SendTargets with the discovery record's settings
+/// (created if missing; CHAP from discovery.sendtargets.auth.*), then a node record per
+/// target portal found (kept if it exists), printed as iscsiadm does.
+fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
+    match a.discovery_type.as_deref() {
+        Some("sendtargets" | "st") => {}
+        Some(t) => {
+            return Err(fail(
+                30,
+                format!("discovery type {t:?} is not supported (use sendtargets)"),
+            ))
+        }
+        None => return Err(fail(exit::INVAL, "discovery needs -t sendtargets")),
+    }
+    if a.op.is_some() || a.name.is_some() {
+        return Err(fail(exit::INVAL, "use -m discoverydb for -o and -n/-v"));
+    }
+    let (host, port, _) = a
+        .portal
+        .as_deref()
+        .map(parse_portal)
+        .transpose()?
+        .ok_or_else(|| fail(exit::INVAL, "discovery needs -p IP[:PORT]"))?;
+    let st_path = db.sendtargets_path(&host, port);
+    let rec = db.update(
+        &st_path,
+        Kind::SendTargets,
+        || sendtargets_record(&host, port),
+        |_| {},
+    )?;
+    let portal = portal_text(&host, port);
+    let mut cfg = oxiscsi_initiator::SessionConfig::new(portal.clone(), "discovery");
+    if let Ok(name) = std::fs::read_to_string(db.root().join("initiatorname.iscsi")) {
+        if let Some(n) = name
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("InitiatorName="))
+        {
+            cfg.initiator_name = n.trim().to_string();
+        }
+    }
+    if let Some(t) = rec
+        .get("discovery.sendtargets.timeo.login_timeout")
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.login_timeout = std::time::Duration::from_secs(t);
+    }
+    if rec.get("discovery.sendtargets.auth.authmethod") == Some("CHAP") {
+        let (Some(u), Some(p)) = (
+            rec.get("discovery.sendtargets.auth.username")
+                .filter(|v| !v.is_empty()),
+            rec.get("discovery.sendtargets.auth.password")
+                .filter(|v| !v.is_empty()),
+        ) else {
+            return Err(fail(exit::INVAL, "discovery authmethod is CHAP but username/password are not set in the discovery record"));
+        };
+        use oxiscsi_initiator::proto::login::{ChapConfig, ChapCredentials};
+        cfg.chap = Some(ChapConfig {
+            initiator: ChapCredentials {
+                user: u.to_string(),
+                secret: p.as_bytes().to_vec(),
+            },
+            target: None,
+            algorithms: ChapConfig::DEFAULT_ALGORITHMS.to_vec(),
+        });
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(exit::ERR, format!("cannot start the runtime: {e}")))?;
+    let found = rt
+        .block_on(oxiscsi_initiator::discover_with(cfg, None))
+        .map_err(|e| {
+            let code = if e.is_login() {
+                if e.to_string().contains("0x0201") || e.to_string().contains("authentication") {
+                    exit::AUTH
+                } else {
+                    exit::LOGIN
+                }
+            } else if e.to_string().contains("timed out") || e.to_string().contains("within") {
+                exit::TIMEOUT
+            } else {
+                exit::TRANS
+            };
+            fail(code, format!("discovery at {portal} failed: {e}"))
+        })?;
+    let iface = a.iface.clone().unwrap_or_else(|| "default".into());
+    let mut out = String::new();
+    for t in &found {
+        for p in &t.portals {
+            let key = NodeKey {
+                iqn: t.name.clone(),
+                address: p.host.clone(),
+                port: p.port,
+                tpgt: i32::from(p.tpgt),
+                iface: iface.clone(),
+            };
+            let path = db.node_path(&key);
+            let (h, pt) = (host.clone(), port);
+            db.update(
+                &path,
+                Kind::Node,
+                || node_record(&key.iqn, &key.address, key.port, key.tpgt),
+                |r| {
+                    r.set("iface.iscsi_ifacename", &iface);
+                    r.set("node.discovery_address", &h);
+                    r.set("node.discovery_port", &pt.to_string());
+                    r.set("node.discovery_type", "send_targets");
+                },
+            )?;
+            if a.print == Some(1) {
+                out.push_str(&format!(
+                    "Target: {}
+	Portal: {},{}
+		Iface Name: {iface}
+",
+                    t.name,
+                    portal_text(&p.host, p.port),
+                    p.tpgt
+                ));
+            } else {
+                out.push_str(&format!(
+                    "{},{} {}
+",
+                    portal_text(&p.host, p.port),
+                    p.tpgt,
+                    t.name
+                ));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(fail(exit::NO_OBJS, "No portals found"));
+    }
+    Ok(out)
 }
 
 fn iface(a: &Args, db: &Db) -> Result<String, Failure> {

@@ -377,3 +377,76 @@ fn twenty_concurrent_processes_lose_nothing() {
         );
     }
 }
+
+#[test]
+fn sendtargets_discovery_records_nodes_and_fails_clearly() {
+    use oxiscsi_target::config::{Backing, LunSpec, TargetSpec};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (h, portal) = rt.block_on(async {
+        let cfg = oxiscsi_target::TargetConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            targets: ["iqn.2026-11.test:d1", "iqn.2026-11.test:d2"]
+                .iter()
+                .map(|iqn| TargetSpec {
+                    iqn: iqn.to_string(),
+                    alias: None,
+                    luns: vec![LunSpec {
+                        lun: 1,
+                        backing: Backing::Mem { size: 1 << 20 },
+                        read_only: false,
+                    }],
+                    chap: None,
+                    mutual_chap: None,
+                    allow: Vec::new(),
+                    portal_groups: Vec::new(),
+                    redirect: None,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let s = oxiscsi_target::Server::bind(cfg).await.unwrap();
+        let p = s.local_addrs()[0];
+        (s.spawn(), p)
+    });
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    let p = portal.to_string();
+    let (code, out, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("{p},1 iqn.2026-11.test:d1\n{p},1 iqn.2026-11.test:d2\n")
+    );
+    // The nodes are in the DB, marked as found by SendTargets at this portal.
+    let list = adm(r, &["-m", "node"]).1;
+    assert!(
+        list.contains("iqn.2026-11.test:d1") && list.contains("iqn.2026-11.test:d2"),
+        "{list}"
+    );
+    let show = adm(
+        r,
+        &["-m", "node", "-T", "iqn.2026-11.test:d1", "-o", "show"],
+    )
+    .1;
+    assert!(
+        show.contains("node.discovery_type = send_targets"),
+        "{show}"
+    );
+    assert!(
+        show.contains(&format!("node.discovery_port = {}", portal.port())),
+        "{show}"
+    );
+    assert_eq!(
+        adm(
+            r,
+            &["-m", "discoverydb", "-t", "st", "-p", &p, "-o", "show"]
+        )
+        .0,
+        0
+    );
+    // Nothing listens: exit 4 with the portal named.
+    rt.block_on(h.shutdown());
+    let (code, _, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(&p), "{err}");
+}
