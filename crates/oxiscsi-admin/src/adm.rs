@@ -63,9 +63,12 @@ pub struct Args {
     pub discovery_type: Option<String>,
     pub json: bool,
     pub root: Option<PathBuf>,
+    /// `--import DIR`: take an existing open-iscsi tree.
+    pub import: Option<PathBuf>,
 }
 
-pub const USAGE: &str = "usage: oxiscsiadm [--root DIR] -m discovery -t sendtargets -p IP[:PORT] [-I IFACE] [-P 0|1]
+pub const USAGE: &str = "usage: oxiscsiadm [--root DIR] --import /etc/iscsi
+       oxiscsiadm -m discovery -t sendtargets -p IP[:PORT] [-I IFACE] [-P 0|1]
        oxiscsiadm -m node [-T IQN] [-p IP[:PORT][,TPGT]] [-I IFACE] [-o new|delete|update|show] [-n NAME -v VALUE] [-P 0|1] [-S] [--json]
        oxiscsiadm -m discoverydb -t sendtargets -p IP[:PORT] -o new|delete|update|show [-n NAME -v VALUE]
        oxiscsiadm -m iface [-I NAME] [-o new|delete|update|show] [-n iface.X -v VALUE]";
@@ -107,6 +110,7 @@ pub fn parse(argv: &[String]) -> Result<Args, Failure> {
                     | "-t"
                     | "--type"
                     | "--root"
+                    | "--import"
             )
         };
         let value = if takes(&flag) {
@@ -132,6 +136,7 @@ pub fn parse(argv: &[String]) -> Result<Args, Failure> {
             "-v" | "--value" => a.value = value,
             "-t" | "--type" => a.discovery_type = value,
             "--root" => a.root = value.map(PathBuf::from),
+            "--import" => a.import = value.map(PathBuf::from),
             "-P" | "--print" => {
                 a.print = Some(
                     value
@@ -196,6 +201,9 @@ fn portal_text(addr: &str, port: u16) -> String {
 
 /// Run one command; returns what to print on stdout.
 pub fn run(a: &Args, db: &Db) -> Result<String, Failure> {
+    if let Some(src) = &a.import {
+        return import(src, db);
+    }
     match a.mode.as_deref() {
         Some("node") => node(a, db),
         Some("discoverydb") => discoverydb(a, db),
@@ -469,6 +477,70 @@ fn discoverydb(a: &Args, db: &Db) -> Result<String, Failure> {
             format!("can not recognize operation: '{op}'"),
         )),
     }
+}
+
+/// `--import DIR`: copy an open-iscsi tree (nodes/, send_targets/, ifaces/,
+/// iscsid.conf, initiatorname.iscsi) into the DB. Every record is parsed first; one
+/// that does not parse stops the import before anything is written, naming file and
+/// line. Records already in the DB are replaced.
+fn import(src: &std::path::Path, db: &Db) -> Result<String, Failure> {
+    if !src.is_dir() {
+        return Err(fail(
+            exit::INVAL,
+            format!("--import {}: not a directory", src.display()),
+        ));
+    }
+    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(PathBuf, PathBuf)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            // Symlinks (open-iscsi's static/) are not records: skip them.
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(base, &p, out),
+                Ok(t) if t.is_file() => {
+                    if let Ok(rel) = p.strip_prefix(base) {
+                        out.push((p.clone(), rel.to_path_buf()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for sub in ["nodes", "send_targets", "ifaces"] {
+        walk(src, &src.join(sub), &mut files);
+    }
+    let mut records = Vec::new();
+    for (abs, rel) in &files {
+        let r = db
+            .read(abs)
+            .map_err(|e| fail(exit::ERR, format!("import refused, nothing written: {e}")))?;
+        records.push((rel.clone(), r));
+    }
+    let _lock = db.lock()?;
+    for (rel, r) in &records {
+        db.write(&db.root().join(rel), r)?;
+    }
+    let mut extra = 0;
+    for f in ["iscsid.conf", "initiatorname.iscsi"] {
+        let from = src.join(f);
+        if from.is_file() {
+            std::fs::create_dir_all(db.root()).map_err(|e| fail(exit::ERR, e.to_string()))?;
+            std::fs::copy(&from, db.root().join(f))
+                .map_err(|e| fail(exit::ERR, format!("{}: {e}", from.display())))?;
+            extra += 1;
+        }
+    }
+    Ok(format!(
+        "imported {} record(s) and {extra} config file(s) from {}\n",
+        records.len(),
+        src.display()
+    ))
 }
 
 /// `-m discovery -t st -p IP[:PORT]`: SendTargets with the discovery record's settings

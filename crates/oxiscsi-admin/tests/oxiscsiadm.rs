@@ -450,3 +450,36 @@ fn sendtargets_discovery_records_nodes_and_fails_clearly() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains(&p), "{err}");
 }
+
+#[test]
+fn import_takes_an_open_iscsi_tree_and_refuses_a_broken_one() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().join("db");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/open-iscsi-2.1.8");
+    let (code, out, err) = adm(&r, &["--import", src.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("imported 4 record(s)"), "{out}");
+    let list = adm(&r, &["-m", "node"]).1;
+    assert!(
+        list.contains("127.0.0.1:3260,1 iqn.2026-11.test:tree"),
+        "{list}"
+    );
+    assert!(
+        list.contains("127.0.0.1:3260,-1 iqn.2026-11.test:fixture"),
+        "{list}"
+    );
+    assert_eq!(adm(&r, &["-m", "iface", "-I", "testif", "-o", "show"]).0, 0);
+    // A tree with one malformed record: nothing is imported, the file and line named.
+    let bad = d.path().join("bad");
+    std::fs::create_dir_all(bad.join("nodes/iqn.2026-11.test:x")).unwrap();
+    std::fs::write(
+        bad.join("nodes/iqn.2026-11.test:x/1.2.3.4,3260"),
+        "# BEGIN RECORD 2.1.8\nnode.name = iqn.2026-11.test:x\ngarbage\n",
+    )
+    .unwrap();
+    let r2 = d.path().join("db2");
+    let (code, _, err) = adm(&r2, &["--import", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("1.2.3.4,3260:line 3"), "{err}");
+    assert!(!r2.join("nodes").exists());
+}
