@@ -575,14 +575,8 @@ fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
     )?;
     let portal = portal_text(&host, port);
     let mut cfg = oxiscsi_initiator::SessionConfig::new(portal.clone(), "discovery");
-    if let Ok(name) = std::fs::read_to_string(db.root().join("initiatorname.iscsi")) {
-        if let Some(n) = name
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("InitiatorName="))
-        {
-            cfg.initiator_name = n.trim().to_string();
-        }
-    }
+    // ROOT/initiatorname.iscsi, generated once if missing.
+    cfg.initiator_name = db.initiator_name()?;
     if let Some(t) = rec
         .get("discovery.sendtargets.timeo.login_timeout")
         .and_then(|v| v.parse().ok())

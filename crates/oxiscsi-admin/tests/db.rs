@@ -174,3 +174,30 @@ fn show_matches_iscsiadm() {
         .show(true)
         .contains("node.session.auth.password = secret123"));
 }
+
+#[test]
+fn initiator_name_is_generated_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::new(dir.path());
+    let a = db.initiator_name().unwrap();
+    assert!(a.starts_with("iqn.2026-11.rs.oxiscsi:"), "{a}");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || db.initiator_name().unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), a);
+    }
+    // An existing file (open-iscsi's) is used as is.
+    std::fs::write(
+        dir.path().join("initiatorname.iscsi"),
+        "## comment\nInitiatorName=iqn.1993-08.org.debian:01:abc\n",
+    )
+    .unwrap();
+    assert_eq!(
+        db.initiator_name().unwrap(),
+        "iqn.1993-08.org.debian:01:abc"
+    );
+}
