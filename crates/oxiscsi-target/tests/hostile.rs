@@ -825,3 +825,44 @@ async fn a_connection_that_ignores_pings_is_closed() {
     good.logout().await.unwrap();
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initiator_that_stops_reading_is_closed_and_frees_its_buffers() {
+    let cfg = TargetConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        targets: vec![TargetSpec {
+            iqn: IQN.into(),
+            alias: None,
+            luns: vec![LunSpec {
+                lun: 1,
+                backing: Backing::Mem { size: 16 << 20 },
+                read_only: false,
+            }],
+            chap: None,
+            mutual_chap: None,
+            allow: Vec::new(),
+            portal_groups: Vec::new(),
+            redirect: None,
+        }],
+        nop_timeout: Duration::from_millis(800),
+        ..TargetConfig::default()
+    };
+    let s = Server::bind(cfg).await.unwrap();
+    let portal = s.local_addrs()[0].to_string();
+    let h = s.spawn();
+    let mut r = Raw::login(&portal, &[]).await;
+    // 64 reads of 256 KiB (16 MiB) that we never read back: the socket buffers fill.
+    for i in 0..64u32 {
+        let p = r.cmd(0x100 + i, false, i * 512, 512, Bytes::new(), true);
+        r.send(&p).await;
+    }
+    let t0 = std::time::Instant::now();
+    while h.sessions() > 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.sessions(), 0, "a session that reads nothing was kept");
+    // Others are still served.
+    alive(&portal).await;
+    drop(r);
+    h.shutdown().await;
+}

@@ -201,8 +201,16 @@ pub fn parse(path: &Path, text: &str) -> Result<TargetConfig, ConfigError> {
             .login_timeout_secs
             .map_or(d.login_timeout, Duration::from_secs),
         queue_depth: s.queue_depth.unwrap_or(d.queue_depth),
+        // Pings are how a dead initiator is found (every read needs a deadline): they
+        // can be slowed, not switched off.
         nop_interval: match s.nop_interval_secs {
-            Some(0) => None,
+            Some(0) => {
+                let span = text.find("nop_interval_secs").map(|at| at..at + 1);
+                return Err(err(
+                    span,
+                    "nop_interval_secs = 0 would leave dead connections open forever; use 1 or more seconds".into(),
+                ));
+            }
             Some(n) => Some(Duration::from_secs(n)),
             None => d.nop_interval,
         },
@@ -363,6 +371,9 @@ redirect = { address = "10.0.0.9:3260" }
         let e = parse(Path::new("x.toml"), dup).unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.message.contains("LUN 1 defined twice"), "{e}");
+        // Pings cannot be switched off.
+        let e = parse(Path::new("x.toml"), "[server]\nnop_interval_secs = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
         // Missing secret env.
         let e = parse(
             Path::new("x.toml"),

@@ -256,6 +256,11 @@ impl TargetConfig {
                 ));
             }
         }
+        if self.nop_interval.is_none() {
+            return Err(
+                "NOP-In pings cannot be disabled: they are how a dead initiator is found".into(),
+            );
+        }
         if self.max_logins_in_progress == 0 || self.queue_depth == 0 {
             return Err("max logins in progress and queue depth must be at least 1".into());
         }

@@ -119,15 +119,25 @@ async fn refuse_malformed(wr: &mut OwnedWriteHalf, e: LoginReadError) -> String 
             status: LoginStatus::INITIATOR_ERROR,
             data: Bytes::new(),
         });
-        let _ = write_pdus(wr, [rsp], (Digest::None, Digest::None)).await;
+        let _ = write_pdus(
+            wr,
+            [rsp],
+            (Digest::None, Digest::None),
+            Duration::from_secs(2),
+        )
+        .await;
     }
     e.why
 }
 
+/// Write PDUs; each write must make progress within `stall` (the login timeout during
+/// login, the NOP timeout after), so an initiator that stops reading cannot hold the
+/// connection and its buffers forever.
 async fn write_pdus(
     wr: &mut OwnedWriteHalf,
     pdus: impl IntoIterator<Item = Pdu>,
     digests: (Digest, Digest),
+    stall: Duration,
 ) -> std::io::Result<()> {
     let mut q: VecDeque<Bytes> = VecDeque::new();
     for p in pdus {
@@ -142,7 +152,14 @@ async fn write_pdus(
     }
     while !q.is_empty() {
         let slices: Vec<IoSlice<'_>> = q.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
-        let mut n = wr.write_vectored(&slices).await?;
+        let mut n = tokio::time::timeout(stall, wr.write_vectored(&slices))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the initiator read nothing for {stall:?}"),
+                )
+            })??;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -200,7 +217,7 @@ async fn serve(
                 status: LoginStatus::SERVICE_UNAVAILABLE,
                 data: Bytes::new(),
             });
-            let _ = write_pdus(&mut wr, [rsp], none).await;
+            let _ = write_pdus(&mut wr, [rsp], none, Duration::from_secs(2)).await;
         }
         return Err("too many logins in progress; answered service unavailable".into());
     };
@@ -240,13 +257,13 @@ async fn serve(
         let out: Vec<Pdu> = std::iter::from_fn(|| login.poll_transmit()).collect();
         match step {
             TargetLoginStep::Continue => {
-                write_pdus(&mut wr, out, none)
+                write_pdus(&mut wr, out, none, shared.cfg.login_timeout)
                     .await
                     .map_err(|e| e.to_string())?;
             }
             TargetLoginStep::Failed(e) => {
                 tracing::info!(%peer, reason = %e.reason, status = %e.status, "login refused");
-                let _ = write_pdus(&mut wr, out, none).await;
+                let _ = write_pdus(&mut wr, out, none, shared.cfg.login_timeout).await;
                 return Err(e.to_string());
             }
             TargetLoginStep::Complete(o) => {
@@ -279,7 +296,7 @@ async fn serve(
     }
     let digests = (o.params.header_digest, o.params.data_digest);
     // The final Login Response still goes without digests (§6.1: digests start after it).
-    write_pdus(&mut wr, final_rsp, none)
+    write_pdus(&mut wr, final_rsp, none, shared.cfg.login_timeout)
         .await
         .map_err(|e| e.to_string())?;
     let nexus = format!("{},{}", o.initiator_name, o.isid);
@@ -400,7 +417,7 @@ async fn full_feature(
         }
         let out: Vec<Pdu> = std::iter::from_fn(|| conn.poll_transmit()).collect();
         if !out.is_empty() {
-            write_pdus(wr, out, digests)
+            write_pdus(wr, out, digests, shared.cfg.nop_timeout)
                 .await
                 .map_err(|e| format!("write error: {e}"))?;
         }
