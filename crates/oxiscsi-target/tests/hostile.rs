@@ -114,6 +114,11 @@ impl Raw {
 
     /// Log in properly with our operational keys.
     async fn login(portal: &str, ops: &[(&'static str, &str)]) -> Raw {
+        Raw::login_with(portal, ops, Isid([0x80, 9, 9, 9, 9, rand::random()])).await
+    }
+
+    /// Log in properly with our operational keys and this ISID.
+    async fn login_with(portal: &str, ops: &[(&'static str, &str)], isid: Isid) -> Raw {
         let mut r = Raw::connect(portal).await;
         let mut operational = LoginConfig::default_operational();
         for (k, v) in ops {
@@ -126,7 +131,7 @@ impl Raw {
                 initiator_alias: None,
                 target_name: Some(IQN.into()),
                 session_type: SessionType::Normal,
-                isid: Isid([0x80, 9, 9, 9, 9, rand::random()]),
+                isid,
                 tsih: 0,
                 cid: 0,
                 itt: 1,
@@ -705,53 +710,14 @@ async fn logins_past_the_bound_get_service_unavailable() {
     h.shutdown().await;
 }
 
-/// Log in with a fixed ISID (our Session picks random ones).
-async fn raw_login_isid(portal: &str, isid: Isid) -> Raw {
-    let mut r = Raw::connect(portal).await;
-    let mut l = InitiatorLogin::new(
-        LoginConfig {
-            initiator_name: INI.into(),
-            initiator_alias: None,
-            target_name: Some(IQN.into()),
-            session_type: SessionType::Normal,
-            isid,
-            tsih: 0,
-            cid: 0,
-            itt: 1,
-            cmd_sn: SerialNumber(1),
-            exp_stat_sn: SerialNumber(0),
-            chap: None,
-            operational: LoginConfig::default_operational(),
-            timeout: Duration::from_secs(5),
-        },
-        std::time::Instant::now(),
-        Box::new(rand::rngs::StdRng::seed_from_u64(2)),
-    )
-    .unwrap();
-    loop {
-        while let Some(p) = l.poll_transmit() {
-            r.send(&p).await;
-        }
-        let rsp = r
-            .recv(Duration::from_secs(5))
-            .await
-            .expect("login response");
-        if let LoginStep::Complete(o) = l.handle_pdu(rsp).unwrap() {
-            r.cmd_sn = o.cmd_sn;
-            r.exp_stat_sn = o.exp_stat_sn;
-            return r;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_sessions_per_initiator_and_reinstatement() {
     let (h, portal) = start(false, 1024).await;
     let isid_a = Isid([0x80, 1, 2, 3, 4, 5]);
     let isid_b = Isid([0x80, 1, 2, 3, 4, 6]);
     // Two sessions of one initiator, distinct ISIDs: both live.
-    let mut a = raw_login_isid(&portal, isid_a).await;
-    let mut b = raw_login_isid(&portal, isid_b).await;
+    let mut a = Raw::login_with(&portal, &[], isid_a).await;
+    let mut b = Raw::login_with(&portal, &[], isid_b).await;
     assert_eq!(h.sessions(), 2);
     for r in [&mut a, &mut b] {
         let p = r.cmd(0x10, false, 0, 1, Bytes::new(), true);
@@ -763,7 +729,7 @@ async fn several_sessions_per_initiator_and_reinstatement() {
     }
     // A new login with A's ISID and TSIH 0: session reinstatement (§6.3.5) ends A
     // before the new one is admitted.
-    let mut a2 = raw_login_isid(&portal, isid_a).await;
+    let mut a2 = Raw::login_with(&portal, &[], isid_a).await;
     assert!(
         a.closed(Duration::from_secs(3)).await,
         "old session still open after reinstatement"
