@@ -9,9 +9,10 @@ other CPU) alternately, ROUNDS times each, and writes the medians to BENCHMARKS.
     cargo build --release -p oxiscsi-cli
     python3 bench/initiator_vs_libiscsi.py [--rounds 3] [--seconds 5] [--write-md]
 """
-import argparse, json, os, re, resource, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, make_lun, med, remove_lun, start_tgtd, tgtd_version, write_section
+
 OX = os.path.join(ROOT, "target", "release", "oxiscsi")
 IQN = "iqn.2026-11.rs.oxiscsi:bench"
 TGT_CPU, INI_CPU = "1", "0"
@@ -28,18 +29,6 @@ WRITE_ROWS = [
     ("4K random write QD32", 8, 32, True),
     ("1M seq write QD8", 2048, 8, False),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def sh(*args):
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_child(cmd):
@@ -89,10 +78,6 @@ def run_lib(url, blocks, qd, rnd, secs):
             "cores": cpu / wall, "p50": None, "p99": None}
 
 
-def med(rs, k):
-    return statistics.median(r[k] for r in rs)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -102,26 +87,11 @@ def main():
     a = ap.parse_args()
     if not os.path.exists(OX):
         sys.exit("build first: cargo build --release -p oxiscsi-cli")
-    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    lun = os.path.join(work, "lun.img")
-    with open(lun, "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(a.lun_mib):
-            f.write(chunk)
+    work, lun = make_lun(a.lun_mib)
     port = free_port()
-    ctl = str(1000 + port % 30000)
-    tgtd = subprocess.Popen(["taskset", "-c", TGT_CPU, "tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", ctl],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tgtd = None
     try:
-        for _ in range(200):
-            if subprocess.run(["tgtadm", "-C", ctl, "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-                break
-            time.sleep(0.05)
-        adm = ["tgtadm", "-C", ctl, "--lld", "iscsi"]
-        sh(*adm, "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
-        sh(*adm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", lun)
-        sh(*adm, "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        tgtd = start_tgtd(port, TGT_CPU, IQN, lun)
         url = f"iscsi://127.0.0.1:{port}/{IQN}/1"
         results = []
         for name, blocks, qd, rnd in ROWS:
@@ -140,25 +110,15 @@ def main():
             writes.append((name, ox))
             print(f"{name}: oxiscsi {med(ox, 'iops'):.0f} IOPS {med(ox, 'mibs'):.0f} MiB/s", flush=True)
     finally:
-        tgtd.kill()
-        tgtd.wait()
-        os.remove(lun)
-        os.rmdir(work)
+        if tgtd:
+            tgtd.kill()
+            tgtd.wait()
+        remove_lun(work, lun)
     ipf = iperf_ceiling()
     md = render(results, writes, a, ipf)
     print(md)
     if a.write_md:
-        path = os.path.join(ROOT, "BENCHMARKS.md")
-        text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-        begin, end = "<!-- initiator-vs-libiscsi:begin -->", "<!-- initiator-vs-libiscsi:end -->"
-        block = f"{begin}\n{md}\n{end}"
-        if begin in text:
-            text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        open(path, "w").write(text)
-        print(f"updated {path}")
-
+        write_section("initiator-vs-libiscsi", md)
 
 def iperf_ceiling():
     try:
@@ -176,7 +136,7 @@ def iperf_ceiling():
 
 def render(results, writes, a, ipf):
     kern = os.uname().release
-    tgt = subprocess.run(["tgtd", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.strip()
+    tgt = tgtd_version()
     lines = [
         f"## Initiator: oxiscsi vs libiscsi (iscsi-perf), same tgtd, A/B interleaved",
         "",

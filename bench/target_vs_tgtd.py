@@ -12,10 +12,12 @@ between the markers with --write-md.
     cargo build --release -p oxiscsi-cli
     cargo build --release -p oxiscsi-initiator --example login_storm
     python3 bench/target_vs_tgtd.py [--rounds 3] [--seconds 5] [--write-md]
+    (BENCH_LOGINS=200,1000,2000 sets the login rows; a smaller list for a quick smoke run)
 """
-import argparse, json, os, re, resource, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, make_lun, med, remove_lun, start_tgtd, tgtd_version, write_section
+
 OX = os.path.join(ROOT, "target", "release", "oxiscsi")
 STORM = os.path.join(ROOT, "target", "release", "examples", "login_storm")
 IQN = "iqn.2026-11.rs.oxiscsi:bench"
@@ -32,15 +34,7 @@ WRITES = [
     ("4K random write QD32", 8, 32, True),
     ("1M seq write QD8", 2048, 8, False),
 ]
-LOGINS = [200, 1000, 2000]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+LOGINS = [int(n) for n in os.environ.get("BENCH_LOGINS", "200,1000,2000").split(",")]
 
 
 def nofile():
@@ -51,10 +45,6 @@ def nofile():
 def cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / HZ
-
-
-def sh(*args):
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def iscsi_perf(url, blocks, qd, rnd, secs):
@@ -91,10 +81,6 @@ def storm(portal, n, pid):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def med(rs, k):
-    return statistics.median(r[k] for r in rs)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -105,29 +91,14 @@ def main():
     for b in (OX, STORM):
         if not os.path.exists(b):
             sys.exit(f"build first: {b} is missing (see the docstring)")
-    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    lun = os.path.join(work, "lun.img")
-    with open(lun, "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for _ in range(a.lun_mib):
-            f.write(chunk)
+    work, lun = make_lun(a.lun_mib)
     tp, op = free_port(), free_port()
-    ctl = str(1000 + tp % 30000)
-    tgtd = subprocess.Popen(["taskset", "-c", TGT_CPU, "tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{tp}", "-C", ctl],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=nofile)
     oxt = subprocess.Popen(["taskset", "-c", TGT_CPU, OX, "target", "--listen", f"127.0.0.1:{op}", "--iqn", IQN,
                             "--lun", f"1:{lun}", "--max-logins", "4096"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=nofile)
+    tgtd = None
     try:
-        for _ in range(200):
-            if subprocess.run(["tgtadm", "-C", ctl, "--lld", "iscsi", "--op", "show", "--mode", "target"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-                break
-            time.sleep(0.05)
-        adm = ["tgtadm", "-C", ctl, "--lld", "iscsi"]
-        sh(*adm, "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
-        sh(*adm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", lun)
-        sh(*adm, "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+        tgtd = start_tgtd(tp, TGT_CPU, IQN, lun, preexec_fn=nofile)
         time.sleep(0.3)
         who = {"ox": (oxt.pid, f"127.0.0.1:{op}"), "tgt": (tgtd.pid, f"127.0.0.1:{tp}")}
         url = lambda k: f"iscsi://{who[k][1]}/{IQN}/1"
@@ -153,27 +124,17 @@ def main():
                   f"tgtd {med(res['tgt'], 'seconds'):.2f} s failed {max(r['failed'] for r in res['tgt'])}", flush=True)
     finally:
         for p in (tgtd, oxt):
-            p.kill()
-            p.wait()
-        os.remove(lun)
-        os.rmdir(work)
+            if p:
+                p.kill()
+                p.wait()
+        remove_lun(work, lun)
     md = render(rows, logins, a)
     print(md)
     if a.write_md:
-        path = os.path.join(ROOT, "BENCHMARKS.md")
-        text = open(path).read()
-        begin, end = "<!-- target-vs-tgtd:begin -->", "<!-- target-vs-tgtd:end -->"
-        block = f"{begin}\n{md}\n{end}"
-        if begin in text:
-            text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        open(path, "w").write(text)
-        print(f"updated {path}")
-
+        write_section("target-vs-tgtd", md)
 
 def render(rows, logins, a):
-    tgt = subprocess.run(["tgtd", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.strip()
+    tgt = tgtd_version()
     L = [
         "## Target: oxiscsi vs tgtd, same LUN file, same initiators, A/B interleaved",
         "",

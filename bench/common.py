@@ -1,0 +1,78 @@
+"""Helpers shared by the bench/ scripts: free ports, a random-filled LUN file on tmpfs,
+a tgtd started and configured on its own control port, medians, and rewriting one
+marked section of BENCHMARKS.md."""
+import os, re, socket, statistics, subprocess, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def sh(*args):
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def med(rs, k):
+    return statistics.median(r[k] for r in rs)
+
+
+def make_lun(mib):
+    """A file of `mib` MiB of random data on tmpfs; returns (dir, path)."""
+    work = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    lun = os.path.join(work, "lun.img")
+    with open(lun, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(mib):
+            f.write(chunk)
+    return work, lun
+
+
+def remove_lun(work, lun):
+    os.remove(lun)
+    os.rmdir(work)
+
+
+def start_tgtd(port, cpu, iqn, lun, preexec_fn=None):
+    """tgtd pinned to `cpu` on 127.0.0.1:`port` serving `lun` as LUN 1 of `iqn` to all."""
+    ctl = str(1000 + port % 30000)  # tgtd's control port must be <= 32767
+    p = subprocess.Popen(["taskset", "-c", cpu, "tgtd", "-f", "--iscsi", f"portal=127.0.0.1:{port}", "-C", ctl],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec_fn)
+    try:
+        for _ in range(200):
+            if subprocess.run(["tgtadm", "-C", ctl, "--lld", "iscsi", "--op", "show", "--mode", "target"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+                break
+            time.sleep(0.05)
+        adm = ["tgtadm", "-C", ctl, "--lld", "iscsi"]
+        sh(*adm, "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn)
+        sh(*adm, "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", lun)
+        sh(*adm, "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+    except BaseException:
+        p.kill()
+        p.wait()
+        raise
+    return p
+
+
+def tgtd_version():
+    return subprocess.run(["tgtd", "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.strip()
+
+
+def write_section(name, md):
+    """Replace (or append) the section between <!-- NAME:begin --> and <!-- NAME:end -->."""
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{md}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    open(path, "w").write(text)
+    print(f"updated {path}")
