@@ -314,12 +314,7 @@ impl TargetConnection {
     }
 
     fn take_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == NO_TAG {
-            self.next_ttt = 1;
-        }
-        t
+        next_tag(&mut self.next_ttt)
     }
 
     /// Next StatSN for a status-carrying PDU (advances).
@@ -524,14 +519,8 @@ impl TargetConnection {
         };
         let mut r2ts = Vec::new();
         while let Some((offset, len)) = ws.next_r2t(&self.params) {
-            let ttt = {
-                let t = self.next_ttt;
-                self.next_ttt = self.next_ttt.wrapping_add(1);
-                if self.next_ttt == NO_TAG {
-                    self.next_ttt = 1;
-                }
-                t
-            };
+            // (Not take_ttt: `task` borrows self.tasks.)
+            let ttt = next_tag(&mut self.next_ttt);
             let r2t_sn = ws.add_r2t(ttt, offset, len);
             r2ts.push((ttt, offset, len, r2t_sn));
         }
@@ -620,7 +609,7 @@ impl TargetConnection {
             let p = Pdu::DataOut(d);
             return self.reject_pdu(RejectReason::INVALID_PDU_FIELD, &p);
         };
-        match ws.accept(&self.params, &d) {
+        match ws.accept(&d) {
             Ok(()) => {
                 let itt = d.itt;
                 self.advance_write(itt);
@@ -1080,6 +1069,16 @@ fn data_phase_error_sense() -> Vec<u8> {
     s[7] = 10;
     s[12] = 0x4b;
     s
+}
+
+/// Hand out a Target Transfer Tag: never 0xffffffff (reserved, §11.2.1.8), never 0.
+fn next_tag(next: &mut u32) -> u32 {
+    let t = *next;
+    *next = next.wrapping_add(1);
+    if *next == NO_TAG {
+        *next = 1;
+    }
+    t
 }
 
 /// ILLEGAL REQUEST, INVALID FIELD IN CDB, fixed format.

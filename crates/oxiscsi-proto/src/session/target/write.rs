@@ -101,7 +101,7 @@ impl WriteState {
     }
 
     /// Check and place one Data-Out. The error names the rule broken.
-    pub(super) fn accept(&mut self, params: &OperationalParams, d: &DataOut) -> Result<(), String> {
+    pub(super) fn accept(&mut self, d: &DataOut) -> Result<(), String> {
         let len = d.data.len() as u32;
         if d.ttt == NO_TAG {
             let Some((next, limit, data_sn)) = self.unsolicited else {
@@ -135,7 +135,6 @@ impl WriteState {
             } else {
                 self.unsolicited = Some((end, limit, data_sn + 1));
             }
-            let _ = params;
             return Ok(());
         }
         let Some(i) = self.r2ts.iter().position(|r| r.ttt == d.ttt) else {
