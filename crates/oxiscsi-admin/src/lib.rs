@@ -8,4 +8,6 @@
 //!   read-modify-write so concurrent updaters never lose an update.
 
 pub mod adm;
+pub mod daemon;
 pub mod db;
+pub mod ipc;

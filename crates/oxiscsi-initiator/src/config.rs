@@ -41,6 +41,23 @@ impl DigestChoice {
     }
 }
 
+/// Where a session's TCP connection starts from: open-iscsi's iface binding
+/// (`iface.ipaddress`, `iface.net_ifacename`; a `hwaddress` is resolved to its
+/// interface by the caller).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceBind {
+    /// Source address (port chosen by the kernel).
+    pub address: Option<std::net::IpAddr>,
+    /// Network interface (SO_BINDTODEVICE; needs CAP_NET_RAW).
+    pub device: Option<String>,
+}
+
+impl SourceBind {
+    pub fn is_unbound(&self) -> bool {
+        self.address.is_none() && self.device.is_none()
+    }
+}
+
 /// Everything needed to open a session.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -61,6 +78,8 @@ pub struct SessionConfig {
     /// TCP connect plus login, as open-iscsi's `node.conn[0].timeo.login_timeout`.
     pub login_timeout: Duration,
     pub max_redirects: u32,
+    /// Source address / interface of the connection.
+    pub bind: SourceBind,
     /// NOP interval/timeout, task timeout, queue depth.
     pub connection: ConnectionConfig,
 }
@@ -84,6 +103,7 @@ impl SessionConfig {
             max_outstanding_r2t: 1,
             login_timeout: Duration::from_secs(15),
             max_redirects: 4,
+            bind: SourceBind::default(),
             connection: ConnectionConfig::default(),
         }
     }

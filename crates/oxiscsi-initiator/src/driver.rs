@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use oxiscsi_proto::pdu::{Framer, Lun, TmfFunction, TmfResponse};
-use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskId};
+use oxiscsi_proto::session::{
+    Command, ConnStats, Event, InitiatorConnection, ScsiResult, TaskId,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
@@ -39,6 +41,10 @@ pub(crate) enum Request {
     Logout {
         reply: Reply<()>,
     },
+    /// A snapshot of the connection's counters.
+    Stats {
+        reply: oneshot::Sender<ConnStats>,
+    },
 }
 
 enum Waiter {
@@ -54,6 +60,9 @@ pub(crate) struct Shared {
     pub closed: Option<String>,
 }
 
+/// Wakes [`crate::Session::closed`] waiters when the driver ends.
+pub(crate) type ClosedSignal = Arc<tokio::sync::Notify>;
+
 const MAX_IOV: usize = 64;
 
 pub(crate) async fn run(
@@ -63,6 +72,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Request>,
     shared: Arc<Mutex<Shared>>,
     portal: String,
+    closed_signal: ClosedSignal,
 ) {
     let (mut rd, mut wr) = stream.into_split();
     let framer: Framer = conn.rx_framer();
@@ -222,6 +232,7 @@ pub(crate) async fn run(
     if let Ok(mut s) = shared.lock() {
         s.closed = Some(reason.clone());
     }
+    closed_signal.notify_waiters();
     for (_, w) in waiters.drain() {
         let e = || Error::Closed(reason.clone());
         match w {
@@ -288,6 +299,7 @@ fn reject(req: Request, reason: &str) {
         Request::Logout { reply } => {
             let _ = reply.send(Ok(()));
         }
+        Request::Stats { .. } => {}
     }
 }
 
@@ -339,6 +351,9 @@ fn submit(
         Request::Logout { reply } => {
             logout_waiters.push(reply);
             conn.logout(now);
+        }
+        Request::Stats { reply } => {
+            let _ = reply.send(conn.stats());
         }
     }
 }

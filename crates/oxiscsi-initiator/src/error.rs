@@ -19,6 +19,12 @@ pub enum Error {
     },
     #[error("cannot connect to {portal}: no answer within {secs} s; check the address, routes and firewalls")]
     ConnectTimeout { portal: String, secs: u64 },
+    #[error("cannot bind the connection to {portal} to {what}: {source}; check the iface settings (iface.ipaddress must be an address of this host, iface.net_ifacename an existing interface)")]
+    Bind {
+        portal: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("login to {target} at {portal} failed: {source}")]
     Login {
         target: String,
@@ -71,6 +77,7 @@ impl Error {
             self,
             Error::Connect { .. }
                 | Error::ConnectTimeout { .. }
+                | Error::Bind { .. }
                 | Error::Protocol { .. }
                 | Error::Closed(_)
                 | Error::Task(TaskError::ConnectionLost(_))

@@ -15,7 +15,7 @@ mod session;
 mod transport;
 mod url;
 
-pub use config::{default_initiator_name, DigestChoice, SessionConfig};
+pub use config::{default_initiator_name, DigestChoice, SessionConfig, SourceBind};
 pub use discovery::{discover, discover_with};
 pub use error::Error;
 pub use oxiscsi_proto as proto;

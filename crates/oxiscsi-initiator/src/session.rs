@@ -31,6 +31,8 @@ pub struct SessionInfo {
     pub chap: Option<ChapAlgorithm>,
     pub mutual_chap: bool,
     pub queue_depth: usize,
+    /// Our end of the connection (what open-iscsi shows as the iface's IP address).
+    pub local_address: Option<std::net::SocketAddr>,
 }
 
 struct Inner {
@@ -38,6 +40,7 @@ struct Inner {
     sem: Arc<Semaphore>,
     info: SessionInfo,
     shared: Arc<Mutex<Shared>>,
+    closed_signal: driver::ClosedSignal,
     block_sizes: Mutex<HashMap<u16, u32>>,
 }
 
@@ -118,6 +121,7 @@ impl Session {
             chap: outcome.chap,
             mutual_chap: outcome.mutual,
             queue_depth: cfg.connection.queue_depth,
+            local_address: li.stream.local_addr().ok(),
         };
         let span = tracing::info_span!(
             "session",
@@ -127,10 +131,12 @@ impl Session {
             portal = %info.portal,
         );
         span.in_scope(|| tracing::info!(params = ?outcome.params, "logged in"));
-        let conn =
+        let mut conn =
             InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
+        conn.count_login_pdus(li.login_pdus);
         let (tx, rx) = mpsc::channel(cfg.connection.queue_depth.max(1) * 2);
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let closed_signal = driver::ClosedSignal::default();
         tokio::spawn(
             driver::run(
                 conn,
@@ -139,6 +145,7 @@ impl Session {
                 rx,
                 shared.clone(),
                 li.portal.clone(),
+                closed_signal.clone(),
             )
             .instrument(span),
         );
@@ -148,6 +155,7 @@ impl Session {
                 sem: Arc::new(Semaphore::new(cfg.connection.queue_depth)),
                 info,
                 shared,
+                closed_signal,
                 block_sizes: Mutex::new(HashMap::new()),
             }),
         })
@@ -587,6 +595,32 @@ impl Session {
     }
 
     /// Log out after in-flight commands finish.
+    /// Wait until the session has ended (failed, logged out or closed by the target)
+    /// and say why.
+    pub async fn closed(&self) -> String {
+        loop {
+            // Created before the check: `notify_waiters` reaches it even unpolled.
+            let wait = self.inner.closed_signal.notified();
+            if let Some(why) = self.closed_reason() {
+                return why;
+            }
+            wait.await;
+        }
+    }
+
+    /// The connection's counters (PDUs by opcode, data octets, digest and timeout
+    /// errors), as `iscsiadm -m session -s` prints them.
+    pub async fn stats(&self) -> Result<oxiscsi_proto::session::ConnStats, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Request::Stats { reply })
+            .await
+            .map_err(|_| driver::closed_error(&self.inner.shared))?;
+        rx.await
+            .map_err(|_| driver::closed_error(&self.inner.shared))
+    }
+
     pub async fn logout(&self) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         if self.inner.tx.send(Request::Logout { reply }).await.is_err() {

@@ -16,7 +16,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::SessionConfig;
+use crate::config::{SessionConfig, SourceBind};
 use crate::error::Error;
 
 /// A logged-in connection: the socket, what login agreed, and bytes already read past
@@ -26,13 +26,31 @@ pub(crate) struct LoggedIn {
     pub outcome: LoginOutcome,
     pub leftover: BytesMut,
     pub portal: String,
+    pub login_pdus: u64,
 }
 
-pub(crate) async fn connect(portal: &str, deadline: Instant) -> Result<TcpStream, Error> {
+pub(crate) async fn connect(
+    portal: &str,
+    bind: &SourceBind,
+    deadline: Instant,
+) -> Result<TcpStream, Error> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let secs = remaining.as_secs().max(1);
-    let fut = TcpStream::connect(portal.to_string());
+    let fut = async {
+        if bind.is_unbound() {
+            TcpStream::connect(portal.to_string()).await
+        } else {
+            connect_bound(portal, bind).await
+        }
+    };
     let stream = match tokio::time::timeout(remaining, fut).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrNotAvailable || bind_failed(&e) => {
+            return Err(Error::Bind {
+                portal: portal.into(),
+                what: describe_bind(bind),
+                source: e,
+            })
+        }
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
             return Err(Error::Connect {
@@ -51,6 +69,59 @@ pub(crate) async fn connect(portal: &str, deadline: Instant) -> Result<TcpStream
     Ok(stream)
 }
 
+/// Errors from `bind`/`SO_BINDTODEVICE` are tagged so they read as binding failures.
+fn bind_failed(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.to_string().starts_with("bind "))
+}
+
+fn describe_bind(b: &SourceBind) -> String {
+    match (&b.address, &b.device) {
+        (Some(a), Some(d)) => format!("address {a} on {d}"),
+        (Some(a), None) => format!("address {a}"),
+        (None, Some(d)) => format!("interface {d}"),
+        (None, None) => "nothing".into(),
+    }
+}
+
+/// Connect from a given source address and/or interface (open-iscsi iface binding):
+/// try each resolved address of the portal in the source address's family.
+async fn connect_bound(portal: &str, bind: &SourceBind) -> std::io::Result<TcpStream> {
+    let tag = |what: &str, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("bind {what}: {e}"))
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host(portal).await? {
+        if let Some(src) = bind.address {
+            if src.is_ipv4() != addr.is_ipv4() {
+                continue;
+            }
+        }
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(dev) = &bind.device {
+            sock.bind_device(Some(dev.as_bytes()))
+                .map_err(|e| tag(&format!("to interface {dev}"), e))?;
+        }
+        if let Some(src) = bind.address {
+            sock.bind(std::net::SocketAddr::new(src, 0))
+                .map_err(|e| tag(&format!("to {src}"), e))?;
+        }
+        match sock.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("bind: no address of {portal} in the source address's family"),
+        )
+    }))
+}
+
 /// Log in at `portal`, following up to `max_redirects` redirects.
 pub(crate) async fn login(
     cfg: &SessionConfig,
@@ -66,15 +137,16 @@ pub(crate) async fn login(
     let mut hops = 0;
     loop {
         let deadline = Instant::now() + cfg.login_timeout;
-        let mut stream = connect(&portal, deadline).await?;
+        let mut stream = connect(&portal, &cfg.bind, deadline).await?;
         let lc = login_config(cfg, session_type, isid);
         match login_on(&mut stream, lc).await {
-            Ok(LoginResult::Done(outcome, leftover)) => {
+            Ok(LoginResult::Done(outcome, leftover, login_pdus)) => {
                 return Ok(LoggedIn {
                     stream,
                     outcome: *outcome,
                     leftover,
                     portal,
+                    login_pdus,
                 });
             }
             Ok(LoginResult::Redirect(addr, permanent)) => {
@@ -145,7 +217,8 @@ fn login_config(cfg: &SessionConfig, session_type: SessionType, isid: Isid) -> L
 }
 
 enum LoginResult {
-    Done(Box<LoginOutcome>, BytesMut),
+    /// What login agreed, bytes read past it, and how many PDUs it took both ways.
+    Done(Box<LoginOutcome>, BytesMut, u64),
     Redirect(String, bool),
 }
 
@@ -162,8 +235,10 @@ async fn login_on(stream: &mut TcpStream, lc: LoginConfig) -> Result<LoginResult
     }
     let framer = Framer::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut pdus = 0u64;
     loop {
         while let Some(pdu) = login.poll_transmit() {
+            pdus += 1;
             let enc = Framer::encode(&pdu, Digest::None, Digest::None);
             let deadline = tokio::time::Instant::from_std(login.poll_timeout());
             match tokio::time::timeout_at(deadline, stream.write_all(&enc.to_vec())).await {
@@ -179,9 +254,12 @@ async fn login_on(stream: &mut TcpStream, lc: LoginConfig) -> Result<LoginResult
             }
         }
         match framer.decode(&mut buf) {
-            Ok(Some(pdu)) => match login.handle_pdu(pdu).map_err(LoginFail::Login)? {
+            Ok(Some(pdu)) => match {
+                pdus += 1;
+                login.handle_pdu(pdu).map_err(LoginFail::Login)?
+            } {
                 LoginStep::Continue => continue,
-                LoginStep::Complete(o) => return Ok(LoginResult::Done(o, buf)),
+                LoginStep::Complete(o) => return Ok(LoginResult::Done(o, buf, pdus)),
                 LoginStep::Redirect { address, permanent } => {
                     return Ok(LoginResult::Redirect(address, permanent))
                 }

@@ -1,10 +1,12 @@
 //! `oxiscsiadm`: iscsiadm's syntax, output formats and exit codes over open-iscsi's
-//! record DB (`--root DIR` or `OXISCSI_ROOT`; default /etc/oxiscsi).
+//! record DB and oxiscsid's control socket (`--root DIR` or `OXISCSI_ROOT`; default DB
+//! /etc/oxiscsi, socket /run/oxiscsi/oxiscsid.sock).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use oxiscsi_admin::adm;
+use oxiscsi_admin::daemon::Paths;
 use oxiscsi_admin::db::Db;
 
 fn main() -> ExitCode {
@@ -13,9 +15,9 @@ fn main() -> ExitCode {
         let root = a
             .root
             .clone()
-            .or_else(|| std::env::var_os("OXISCSI_ROOT").map(Into::into))
-            .unwrap_or_else(|| "/etc/oxiscsi".into());
-        adm::run(&a, &Db::new(root))
+            .or_else(|| std::env::var_os("OXISCSI_ROOT").map(Into::into));
+        let paths = Paths::new(root);
+        adm::run(&a, &Db::new(&paths.db), &paths.socket())
     });
     match result {
         Ok(out) => {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(f) => {
+            let _ = std::io::stdout().flush();
             eprintln!("oxiscsiadm: {}", f.message);
             ExitCode::from(u8::try_from(f.code).unwrap_or(1))
         }

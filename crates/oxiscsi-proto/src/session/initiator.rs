@@ -134,6 +134,7 @@ pub struct InitiatorConnection {
     nop_itt: Option<u32>,
     logout_itt: Option<u32>,
     recent: VecDeque<u32>,
+    stats: super::stats::ConnStats,
 }
 
 impl std::fmt::Debug for InitiatorConnection {
@@ -176,6 +177,7 @@ impl InitiatorConnection {
             nop_itt: None,
             logout_itt: None,
             recent: VecDeque::new(),
+            stats: super::stats::ConnStats::default(),
         }
     }
 
@@ -220,7 +222,20 @@ impl InitiatorConnection {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Pdu> {
-        self.outq.pop_front()
+        let pdu = self.outq.pop_front()?;
+        self.stats.sent(&pdu);
+        Some(pdu)
+    }
+
+    /// Counters since login (PDUs by opcode, data octets, digest and timeout errors).
+    pub fn stats(&self) -> super::stats::ConnStats {
+        self.stats
+    }
+
+    /// Count the login exchange (which the login core ran before this connection
+    /// existed) so the totals cover the whole connection.
+    pub fn count_login_pdus(&mut self, n: u64) {
+        self.stats.login_pdus += n;
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -557,6 +572,7 @@ impl InitiatorConnection {
     /// Bytes could not be framed or decoded. At ErrorRecoveryLevel 0 every such error is
     /// a connection failure (§7.1.4, §7.8); PDUs are never half-applied.
     pub fn handle_frame_error(&mut self, err: FrameError) {
+        self.stats.decode_error(&err.error);
         self.fail(ProtocolError::Decode(err));
     }
 
@@ -596,6 +612,8 @@ impl InitiatorConnection {
         if self.state == State::Closed {
             return;
         }
+        self.stats
+            .received(pdu.opcode(), super::stats::pdu_data_len(&pdu));
         if let Some(i) = self.cfg.nop_interval {
             self.timers.set(Timer::NopInterval, now + i);
         }
@@ -773,6 +791,7 @@ impl InitiatorConnection {
         if self.state == State::Closed {
             return;
         }
+        self.stats.received(Opcode::DATA_IN, placed.len() as u64);
         if let Some(i) = self.cfg.nop_interval {
             self.timers.set(Timer::NopInterval, now + i);
         }
@@ -1135,10 +1154,12 @@ impl InitiatorConnection {
             match t {
                 Timer::NopInterval => self.on_nop_interval(now),
                 Timer::NopResponse => {
+                    self.stats.timeout_errors += 1;
                     self.fail(ProtocolError::NopTimeout(self.cfg.nop_timeout));
                     return;
                 }
                 Timer::Logout => {
+                    self.stats.timeout_errors += 1;
                     self.fail(ProtocolError::LogoutTimeout(self.cfg.logout_timeout));
                     return;
                 }
@@ -1158,6 +1179,7 @@ impl InitiatorConnection {
                 }
                 Timer::TaskCheck => {
                     if let Err(e) = self.check_tasks(now) {
+                        self.stats.timeout_errors += 1;
                         self.fail(e);
                         return;
                     }
@@ -1214,6 +1236,7 @@ impl InitiatorConnection {
                 expired.push(t.itt);
             }
         }
+        self.stats.timeout_errors += expired.len() as u64;
         for itt in expired {
             let Some(task) = self.tasks.get_mut(&itt) else {
                 continue;

@@ -10,11 +10,13 @@ pub mod error;
 pub mod initiator;
 pub mod target;
 pub mod task;
+pub mod stats;
 pub mod timers;
 pub mod window;
 
 pub use discovery::{parse_send_targets, DiscoveredTarget, Portal};
 pub use error::{ProtocolError, TaskError};
 pub use initiator::{ConnectionConfig, Event, InitiatorConnection, TaskId};
+pub use stats::ConnStats;
 pub use target::{ScsiOutcome, ScsiTask, TargetConfig, TargetConnection, TargetEvent};
 pub use task::{Command, Residual, ScsiResult};

@@ -124,6 +124,12 @@ fn read_with_status_in_last_data_in() {
     assert_eq!(r.data[512], 2);
     assert_eq!(c.exp_stat_sn(), SerialNumber(11));
     assert_eq!(c.in_flight(), 0);
+    let st = c.stats();
+    assert_eq!(
+        (st.scsi_cmd_pdus, st.data_in_pdus, st.rx_data_octets),
+        (1, 2, 1024)
+    );
+    assert_eq!((st.tx_data_octets, st.scsi_rsp_pdus, st.timeout_errors), (0, 0, 0));
 }
 
 #[test]
@@ -508,6 +514,8 @@ fn task_timeout_aborts() {
             result: Err(TaskError::Timeout(Duration::from_secs(30)))
         }]
     );
+    let st = c.stats();
+    assert_eq!((st.timeout_errors, st.tmf_cmd_pdus, st.tmf_rsp_pdus), (1, 1, 1));
 }
 
 #[test]

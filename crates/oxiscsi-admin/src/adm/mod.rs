@@ -1,6 +1,9 @@
-//! `oxiscsiadm`'s database modes with iscsiadm's syntax, output and exit codes:
-//! `-m node`, `-m discoverydb`, `-m iface` with `-o new|delete|update|show`, listings
-//! and `-P 1`. (Discovery, login and sessions come with oxiscsid.)
+//! `oxiscsiadm`: iscsiadm's syntax, output and exit codes. This module: parsing and
+//! the database modes (`-m node`, `-m discoverydb`, `-m iface` with `-o
+//! new|delete|update|show`, listings, `-P 1`, discovery, `--import`); [`sessions`]:
+//! what goes through oxiscsid (login, logout, `-m session`, rescan, stats).
+
+mod sessions;
 
 use std::path::PathBuf;
 
@@ -35,7 +38,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: i32, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -65,11 +68,30 @@ pub struct Args {
     pub root: Option<PathBuf>,
     /// `--import DIR`: take an existing open-iscsi tree.
     pub import: Option<PathBuf>,
+    /// `-l`: log in.
+    pub login: bool,
+    /// `-u`: log out.
+    pub logout: bool,
+    /// `-L all|manual|automatic|onboot`.
+    pub login_all: Option<String>,
+    /// `-U all|manual|automatic|onboot`.
+    pub logout_all: Option<String>,
+    /// `-R`: rescan.
+    pub rescan: bool,
+    /// `-s`: statistics.
+    pub stats: bool,
+    /// `-r SID`.
+    pub sid: Option<u32>,
+    /// `--force`: log out even while a LUN device is in use.
+    pub force: bool,
 }
 
 pub const USAGE: &str = "usage: oxiscsiadm [--root DIR] --import /etc/iscsi
-       oxiscsiadm -m discovery -t sendtargets -p IP[:PORT] [-I IFACE] [-P 0|1]
+       oxiscsiadm -m discovery -t sendtargets -p IP[:PORT] [-I IFACE] [-P 0|1] [-l]
        oxiscsiadm -m node [-T IQN] [-p IP[:PORT][,TPGT]] [-I IFACE] [-o new|delete|update|show] [-n NAME -v VALUE] [-P 0|1] [-S] [--json]
+       oxiscsiadm -m node [-T IQN] [-p IP[:PORT][,TPGT]] [-I IFACE] -l|-u|-R|-s [--force]
+       oxiscsiadm -m node -L|-U all|manual|automatic|onboot
+       oxiscsiadm -m session [-r SID] [-P 0|1|2|3] [-u [--force]] [-R] [-s] [--json]
        oxiscsiadm -m discoverydb -t sendtargets -p IP[:PORT] -o new|delete|update|show [-n NAME -v VALUE]
        oxiscsiadm -m iface [-I NAME] [-o new|delete|update|show] [-n iface.X -v VALUE]";
 
@@ -111,6 +133,12 @@ pub fn parse(argv: &[String]) -> Result<Args, Failure> {
                     | "--type"
                     | "--root"
                     | "--import"
+                    | "-L"
+                    | "--loginall"
+                    | "-U"
+                    | "--logoutall"
+                    | "-r"
+                    | "--sid"
             )
         };
         let value = if takes(&flag) {
@@ -146,6 +174,19 @@ pub fn parse(argv: &[String]) -> Result<Args, Failure> {
                 )
             }
             "-S" | "--show" => a.show_secrets = true,
+            "-l" | "--login" => a.login = true,
+            "-u" | "--logout" => a.logout = true,
+            "-R" | "--rescan" => a.rescan = true,
+            "-s" | "--stats" => a.stats = true,
+            "--force" => a.force = true,
+            "-L" | "--loginall" => a.login_all = value,
+            "-U" | "--logoutall" => a.logout_all = value,
+            "-r" | "--sid" => {
+                let v = value.unwrap_or_default();
+                a.sid = Some(v.parse().map_err(|_| {
+                    fail(exit::INVAL, format!("-r {v}: a session id is a number (see `oxiscsiadm -m session`)"))
+                })?)
+            }
             "--json" => a.json = true,
             "-h" | "--help" => return Err(fail(exit::OK, USAGE)),
             other => {
@@ -199,26 +240,42 @@ fn portal_text(addr: &str, port: u16) -> String {
     }
 }
 
-/// Run one command; returns what to print on stdout.
-pub fn run(a: &Args, db: &Db) -> Result<String, Failure> {
+/// Run one command; returns what to print on stdout. `socket` is oxiscsid's control
+/// socket (for logins, sessions, rescans and statistics).
+pub fn run(a: &Args, db: &Db, socket: &std::path::Path) -> Result<String, Failure> {
     if let Some(src) = &a.import {
         return import(src, db);
     }
     match a.mode.as_deref() {
+        Some("node") if a.login || a.logout || a.rescan || a.stats => {
+            sessions::node_action(a, db, socket)
+        }
+        Some("node") if a.login_all.is_some() || a.logout_all.is_some() => {
+            sessions::node_all(a, db, socket)
+        }
         Some("node") => node(a, db),
         Some("discoverydb") => discoverydb(a, db),
         Some("iface") => iface(a, db),
-        Some("discovery") => discovery(a, db),
-        Some(m @ ("session" | "host" | "fw")) => Err(fail(
-            exit::DAEMON,
-            format!("-m {m} needs oxiscsid, which is not built yet (issue 4); these work: discovery, node, discoverydb, iface"),
+        Some("discovery") => {
+            let (out, found) = discovery(a, db)?;
+            if a.login {
+                // -l: log in to the portals just found.
+                print!("{out}");
+                return sessions::login_nodes(&found, socket);
+            }
+            Ok(out)
+        }
+        Some("session") => sessions::session_mode(a, socket),
+        Some(m @ ("host" | "fw")) => Err(fail(
+            exit::INVAL,
+            format!("-m {m} is not supported: oxiscsi has no SCSI hosts or iBFT firmware records (use -m session)"),
         )),
         Some(m) => Err(fail(exit::INVAL, format!("mode {m:?} is not supported\n{USAGE}"))),
         None => Err(fail(exit::INVAL, format!("no mode given (-m)\n{USAGE}"))),
     }
 }
 
-fn matching_nodes(a: &Args, db: &Db) -> Result<Vec<(NodeKey, PathBuf)>, Failure> {
+pub(crate) fn matching_nodes(a: &Args, db: &Db) -> Result<Vec<(NodeKey, PathBuf)>, Failure> {
     let portal = a.portal.as_deref().map(parse_portal).transpose()?;
     Ok(db
         .nodes()?
@@ -546,7 +603,7 @@ fn import(src: &std::path::Path, db: &Db) -> Result<String, Failure> {
 /// `-m discovery -t st -p IP[:PORT]`: SendTargets with the discovery record's settings
 /// (created if missing; CHAP from discovery.sendtargets.auth.*), then a node record per
 /// target portal found (kept if it exists), printed as iscsiadm does.
-fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
+fn discovery(a: &Args, db: &Db) -> Result<(String, Vec<NodeKey>), Failure> {
     match a.discovery_type.as_deref() {
         Some("sendtargets" | "st") => {}
         Some(t) => {
@@ -624,6 +681,7 @@ fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
         })?;
     let iface = a.iface.clone().unwrap_or_else(|| "default".into());
     let mut out = String::new();
+    let mut keys = Vec::new();
     for t in &found {
         for p in &t.portals {
             let key = NodeKey {
@@ -646,6 +704,7 @@ fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
                     r.set("node.discovery_type", "send_targets");
                 },
             )?;
+            keys.push(key.clone());
             if a.print == Some(1) {
                 out.push_str(&format!(
                     "Target: {}
@@ -670,7 +729,7 @@ fn discovery(a: &Args, db: &Db) -> Result<String, Failure> {
     if found.is_empty() {
         return Err(fail(exit::NO_OBJS, "No portals found"));
     }
-    Ok(out)
+    Ok((out, keys))
 }
 
 fn iface(a: &Args, db: &Db) -> Result<String, Failure> {
