@@ -274,17 +274,14 @@ impl Client {
             Err(_) => {
                 return Err(CallError {
                     code: 8,
-                    message: format!(
-                        "oxiscsid did not answer within {} s",
-                        deadline.as_secs()
-                    ),
+                    message: format!("oxiscsid did not answer within {} s", deadline.as_secs()),
                 })
             }
             Ok(Err(e)) => return Err(lost(e.to_string())),
             Ok(Ok(a)) => a,
         };
-        let a: Answer = serde_json::from_str(&answer)
-            .map_err(|e| lost(format!("unreadable answer ({e})")))?;
+        let a: Answer =
+            serde_json::from_str(&answer).map_err(|e| lost(format!("unreadable answer ({e})")))?;
         if a.ok {
             Ok(a.result.unwrap_or(serde_json::Value::Null))
         } else {
@@ -324,6 +321,9 @@ mod tests {
             r#"{"version":1,"op":"login","target":"iqn.x:y","address":"::1","port":3260,"tpgt":1,"iface":"default"}"#,
         )
         .unwrap();
-        assert!(matches!(login.request, Request::Login(NodeRef { port: 3260, .. })));
+        assert!(matches!(
+            login.request,
+            Request::Login(NodeRef { port: 3260, .. })
+        ));
     }
 }

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use oxiscsi_proto::pdu::{Framer, Lun, TmfFunction, TmfResponse};
-use oxiscsi_proto::session::{
-    Command, ConnStats, Event, InitiatorConnection, ScsiResult, TaskId,
-};
+use oxiscsi_proto::session::{Command, ConnStats, Event, InitiatorConnection, ScsiResult, TaskId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};

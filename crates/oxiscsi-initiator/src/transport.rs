@@ -71,7 +71,8 @@ pub(crate) async fn connect(
 
 /// Errors from `bind`/`SO_BINDTODEVICE` are tagged so they read as binding failures.
 fn bind_failed(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.to_string().starts_with("bind "))
+    e.get_ref()
+        .is_some_and(|i| i.to_string().starts_with("bind "))
 }
 
 fn describe_bind(b: &SourceBind) -> String {
@@ -86,9 +87,8 @@ fn describe_bind(b: &SourceBind) -> String {
 /// Connect from a given source address and/or interface (open-iscsi iface binding):
 /// try each resolved address of the portal in the source address's family.
 async fn connect_bound(portal: &str, bind: &SourceBind) -> std::io::Result<TcpStream> {
-    let tag = |what: &str, e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("bind {what}: {e}"))
-    };
+    let tag =
+        |what: &str, e: std::io::Error| std::io::Error::new(e.kind(), format!("bind {what}: {e}"));
     let mut last = None;
     for addr in tokio::net::lookup_host(portal).await? {
         if let Some(src) = bind.address {
@@ -254,16 +254,16 @@ async fn login_on(stream: &mut TcpStream, lc: LoginConfig) -> Result<LoginResult
             }
         }
         match framer.decode(&mut buf) {
-            Ok(Some(pdu)) => match {
+            Ok(Some(pdu)) => {
                 pdus += 1;
-                login.handle_pdu(pdu).map_err(LoginFail::Login)?
-            } {
-                LoginStep::Continue => continue,
-                LoginStep::Complete(o) => return Ok(LoginResult::Done(o, buf, pdus)),
-                LoginStep::Redirect { address, permanent } => {
-                    return Ok(LoginResult::Redirect(address, permanent))
+                match login.handle_pdu(pdu).map_err(LoginFail::Login)? {
+                    LoginStep::Continue => continue,
+                    LoginStep::Complete(o) => return Ok(LoginResult::Done(o, buf, pdus)),
+                    LoginStep::Redirect { address, permanent } => {
+                        return Ok(LoginResult::Redirect(address, permanent))
+                    }
                 }
-            },
+            }
             Ok(None) => {}
             Err(e) => {
                 return Err(LoginFail::Login(LoginError::Protocol(format!(

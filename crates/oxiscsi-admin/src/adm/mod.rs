@@ -184,7 +184,10 @@ pub fn parse(argv: &[String]) -> Result<Args, Failure> {
             "-r" | "--sid" => {
                 let v = value.unwrap_or_default();
                 a.sid = Some(v.parse().map_err(|_| {
-                    fail(exit::INVAL, format!("-r {v}: a session id is a number (see `oxiscsiadm -m session`)"))
+                    fail(
+                        exit::INVAL,
+                        format!("-r {v}: a session id is a number (see `oxiscsiadm -m session`)"),
+                    )
                 })?)
             }
             "--json" => a.json = true,

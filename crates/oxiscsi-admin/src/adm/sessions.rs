@@ -24,7 +24,11 @@ fn from_call(e: CallError) -> Failure {
     fail(e.code, e.message)
 }
 
-async fn call(socket: &Path, req: Request, deadline: Duration) -> Result<serde_json::Value, CallError> {
+async fn call(
+    socket: &Path,
+    req: Request,
+    deadline: Duration,
+) -> Result<serde_json::Value, CallError> {
     let mut c = ipc::Client::connect(socket).await?;
     c.call(req, deadline).await
 }
@@ -61,7 +65,10 @@ fn node_label(n: &NodeRef) -> String {
 
 fn session_label(s: &SessionView) -> String {
     let (addr, port) = persistent(s);
-    format!("[sid: {}, target: {}, portal: {addr},{port}]", s.sid, s.target)
+    format!(
+        "[sid: {}, target: {}, portal: {addr},{port}]",
+        s.sid, s.target
+    )
 }
 
 fn persistent(s: &SessionView) -> (String, u16) {
@@ -155,7 +162,11 @@ pub(crate) fn login_nodes(keys: &[NodeKey], socket: &Path) -> Result<String, Fai
 }
 
 /// Log out of each session; print as iscsiadm does.
-fn logout_sessions(sessions: &[SessionView], socket: &Path, force: bool) -> Result<String, Failure> {
+fn logout_sessions(
+    sessions: &[SessionView],
+    socket: &Path,
+    force: bool,
+) -> Result<String, Failure> {
     if sessions.is_empty() {
         return Err(fail(exit::NO_OBJS, "No matching sessions found"));
     }
@@ -366,7 +377,10 @@ pub(crate) fn session_mode(a: &Args, socket: &Path) -> Result<String, Failure> {
     }
     let level = a.print.unwrap_or(0);
     if level > 3 {
-        return Err(fail(exit::INVAL, format!("Invalid info level {level}. Try 0 - 3.")));
+        return Err(fail(
+            exit::INVAL,
+            format!("Invalid info level {level}. Try 0 - 3."),
+        ));
     }
     Ok(print_sessions(&sessions, level, a.show_secrets))
 }
@@ -437,14 +451,22 @@ pub fn print_sessions(sessions: &[SessionView], level: u8, _show_secrets: bool) 
                 bracket(&i.ipaddress)
             }
         ));
-        out.push_str(&format!("\t\tIface HWaddress: {}\n", or_default(&i.hwaddress)));
+        out.push_str(&format!(
+            "\t\tIface HWaddress: {}\n",
+            or_default(&i.hwaddress)
+        ));
         out.push_str(&format!("\t\tIface Netdev: {}\n", or_default(&i.netdev)));
         out.push_str(&format!("\t\tSID: {}\n", s.sid));
-        out.push_str(&format!("\t\tiSCSI Connection State: {}\n", s.connection_state));
+        out.push_str(&format!(
+            "\t\tiSCSI Connection State: {}\n",
+            s.connection_state
+        ));
         out.push_str(&format!("\t\tiSCSI Session State: {}\n", s.session_state));
         out.push_str("\t\tInternal iscsid Session State: NO CHANGE\n");
         if let (Some(why), Some(at)) = (&s.failure, s.failed_at) {
-            out.push_str(&format!("\t\tLast Failure: at {at} (seconds since epoch): {why}\n"));
+            out.push_str(&format!(
+                "\t\tLast Failure: at {at} (seconds since epoch): {why}\n"
+            ));
         }
         if level >= 2 {
             let t = |k: &str| {
@@ -488,7 +510,10 @@ pub fn print_sessions(sessions: &[SessionView], level: u8, _show_secrets: bool) 
             out.push_str(&format!("\t\tMaxBurstLength: {}\n", p.max_burst_length));
             out.push_str(&format!("\t\tImmediateData: {}\n", yn(p.immediate_data)));
             out.push_str(&format!("\t\tInitialR2T: {}\n", yn(p.initial_r2t)));
-            out.push_str(&format!("\t\tMaxOutstandingR2T: {}\n", p.max_outstanding_r2t));
+            out.push_str(&format!(
+                "\t\tMaxOutstandingR2T: {}\n",
+                p.max_outstanding_r2t
+            ));
         }
         if level >= 3 {
             // No SCSI host here: the session id stands in for the host number.
@@ -496,7 +521,11 @@ pub fn print_sessions(sessions: &[SessionView], level: u8, _show_secrets: bool) 
             out.push_str(&format!(
                 "\t\tHost Number: {}\tState: {}\n",
                 s.sid,
-                if s.failure.is_some() { "blocked" } else { "running" }
+                if s.failure.is_some() {
+                    "blocked"
+                } else {
+                    "running"
+                }
             ));
             for l in &s.luns {
                 out.push_str(&format!(
@@ -507,7 +536,11 @@ pub fn print_sessions(sessions: &[SessionView], level: u8, _show_secrets: bool) 
                     let name = l.device.trim_start_matches("/dev/");
                     out.push_str(&format!(
                         "\t\t\tAttached scsi disk {name}\t\tState: {}\n",
-                        if s.failure.is_some() { "blocked" } else { "running" }
+                        if s.failure.is_some() {
+                            "blocked"
+                        } else {
+                            "running"
+                        }
                     ));
                 }
             }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use oxiscsi_admin::daemon::{self, conf::DaemonConf, Daemon, Paths};
 
-const USAGE: &str = "usage: oxiscsid [-f|--foreground] [-d|--debug LEVEL] [-c|--config FILE] [--root DIR]
+const USAGE: &str =
+    "usage: oxiscsid [-f|--foreground] [-d|--debug LEVEL] [-c|--config FILE] [--root DIR]
   -f          stay in the foreground, log to stderr
   -d LEVEL    log level 0-8 (0: info, 1-4: debug, 5-8: trace)
   -c FILE     configuration (default: DB/iscsid.conf)
@@ -88,7 +89,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let conf_path = o.config.clone().unwrap_or_else(|| paths.db.join("iscsid.conf"));
+    let conf_path = o
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.db.join("iscsid.conf"));
     let conf = match DaemonConf::load(&conf_path) {
         Ok(c) => c,
         Err(e) => {
@@ -123,7 +127,10 @@ async fn run(paths: Paths, conf: DaemonConf) -> Result<(), String> {
     let listener = daemon::bind_socket(&sock).await?;
     let d = Daemon::new(paths.clone(), conf)?;
     tracing::info!(socket = %sock.display(), db = %paths.db.display(), "oxiscsid ready");
-    let _ = std::fs::write(paths.run.join("oxiscsid.pid"), format!("{}\n", std::process::id()));
+    let _ = std::fs::write(
+        paths.run.join("oxiscsid.pid"),
+        format!("{}\n", std::process::id()),
+    );
     {
         let d = d.clone();
         tokio::spawn(async move {

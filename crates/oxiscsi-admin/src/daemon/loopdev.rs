@@ -94,7 +94,8 @@ pub fn attach(file: &Path, block_size: u32, direct_io: bool) -> Result<LoopDevic
         let n_copy = fname.len().min(LO_NAME_SIZE - 1);
         name[..n_copy].copy_from_slice(&fname[..n_copy]);
         let cfg = LoopConfig {
-            fd: u32::try_from(backing.as_raw_fd()).map_err(|_| "bad file descriptor".to_string())?,
+            fd: u32::try_from(backing.as_raw_fd())
+                .map_err(|_| "bad file descriptor".to_string())?,
             block_size,
             info: LoopInfo64 {
                 lo_device: 0,
@@ -165,7 +166,10 @@ impl LoopDevice {
         // SAFETY: LOOP_CLR_FD takes no argument; the fd is our open loop device.
         let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), LOOP_CLR_FD, 0 as libc::c_ulong) };
         if r < 0 {
-            return Err(last_os_error(&format!("cannot detach {}", self.path.display())));
+            return Err(last_os_error(&format!(
+                "cannot detach {}",
+                self.path.display()
+            )));
         }
         Ok(())
     }

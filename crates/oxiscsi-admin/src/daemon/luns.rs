@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyWrite, Request, WriteFlags,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyWrite, Request, WriteFlags,
 };
 use oxiscsi_initiator::Session;
 
@@ -81,7 +81,7 @@ impl LunFile {
     async fn write(&self, offset: u64, data: Bytes) -> Result<(), String> {
         let bs = u64::from(self.block_size);
         let len = data.len() as u64;
-        if offset % bs == 0 && len % bs == 0 {
+        if offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
             return self
                 .session
                 .write(self.lun, offset / bs, data)
@@ -461,9 +461,7 @@ impl Attacher {
             tracing::warn!("detached {} left by a previous daemon", dev.display());
         }
         // A mount left by a daemon that died answers ENOTCONN: take it down first.
-        if std::fs::metadata(&mount)
-            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
-        {
+        if std::fs::metadata(&mount).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
             tracing::warn!("{} is a dead FUSE mount; unmounting it", mount.display());
             let _ = std::process::Command::new("umount")
                 .arg("-l")
@@ -484,7 +482,9 @@ impl Attacher {
         ];
         match fuser::spawn_mount(fs, &mount, &cfg) {
             Ok(s) => {
-                *a.session.get_mut().map_err(|_| "lock poisoned".to_string())? = Some(s);
+                *a.session
+                    .get_mut()
+                    .map_err(|_| "lock poisoned".to_string())? = Some(s);
                 a.mount = Some(mount);
             }
             Err(e) => {
@@ -584,8 +584,7 @@ impl Attacher {
         let path = mount.join(&name);
         l.file = Some(path.clone());
         let (bs, dio) = (cap.block_size, self.direct_io);
-        let attached =
-            tokio::task::spawn_blocking(move || loopdev::attach(&path, bs, dio)).await;
+        let attached = tokio::task::spawn_blocking(move || loopdev::attach(&path, bs, dio)).await;
         match attached {
             Ok(Ok(dev)) => {
                 let link = self.by_path.join(by_path_name(node, lun));
@@ -699,11 +698,16 @@ impl Attacher {
                 if l.block_size != 0 {
                     if let Ok(c) = session.read_capacity(l.lun).await {
                         if c.blocks() != l.blocks {
-                            tracing::info!(sid, lun = l.lun, old = l.blocks, new = c.blocks(), "capacity changed");
+                            tracing::info!(
+                                sid,
+                                lun = l.lun,
+                                old = l.blocks,
+                                new = c.blocks(),
+                                "capacity changed"
+                            );
                             l.blocks = c.blocks();
-                            if let Some(f) = l
-                                .ino
-                                .and_then(|i| self.files.read().ok()?.get(&i).cloned())
+                            if let Some(f) =
+                                l.ino.and_then(|i| self.files.read().ok()?.get(&i).cloned())
                             {
                                 f.blocks.store(c.blocks(), Ordering::Relaxed);
                             }
@@ -728,7 +732,11 @@ impl Attacher {
     }
 
     pub fn view(&self, l: &Lun) -> LunView {
-        let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let s = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
         LunView {
             lun: l.lun,
             peripheral_type: l.peripheral_type,

@@ -200,7 +200,10 @@ impl Daemon {
             if !p.exists() {
                 return Err(op_err(
                     code::NO_OBJS_FOUND,
-                    format!("iface {} does not exist (see `oxiscsiadm -m iface`)", node.iface),
+                    format!(
+                        "iface {} does not exist (see `oxiscsiadm -m iface`)",
+                        node.iface
+                    ),
                 ));
             }
             Kind::Iface.complete(
@@ -220,12 +223,8 @@ impl Daemon {
             .db
             .initiator_name()
             .map_err(|e| op_err(code::ERR, e.to_string()))?;
-        let mut cfg = node::session_config(&rec, &iface, &initiator).map_err(|e| {
-            op_err(
-                code::INVAL,
-                format!("node record of {}: {e}", node.target),
-            )
-        })?;
+        let mut cfg = node::session_config(&rec, &iface, &initiator)
+            .map_err(|e| op_err(code::INVAL, format!("node record of {}: {e}", node.target)))?;
         // A node with no TPGT in its record takes the tag login reports.
         let wanted = node::nr_sessions(&rec)
             .map_err(|e| op_err(code::INVAL, format!("node record of {}: {e}", node.target)))?;
@@ -255,7 +254,9 @@ impl Daemon {
             st.logging_in.push(node.clone());
             have
         };
-        let result = self.login_n(node, &mut cfg, &iface, &rec, wanted - have).await;
+        let result = self
+            .login_n(node, &mut cfg, &iface, &rec, wanted - have)
+            .await;
         self.state.lock().await.logging_in.retain(|n| n != node);
         result
     }
@@ -299,11 +300,7 @@ impl Daemon {
             name: node.iface.clone(),
             transport: "tcp".into(),
             initiator_name: cfg.initiator_name.clone(),
-            ipaddress: cfg
-                .bind
-                .address
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            ipaddress: cfg.bind.address.map(|a| a.to_string()).unwrap_or_default(),
             hwaddress: iface.get("iface.hwaddress").unwrap_or("").to_string(),
             netdev: cfg.bind.device.clone().unwrap_or_default(),
         };
@@ -385,7 +382,12 @@ impl Daemon {
             }
             match st.sessions.remove(&sid) {
                 Some(e) => e,
-                None => return Err(op_err(code::SESS_NOT_FOUND, format!("no session with sid {sid}"))),
+                None => {
+                    return Err(op_err(
+                        code::SESS_NOT_FOUND,
+                        format!("no session with sid {sid}"),
+                    ))
+                }
             }
         };
         let mut problems = Vec::new();
@@ -421,7 +423,11 @@ impl Daemon {
             iface.ipaddress = a.ip().to_string();
         }
         let failed = e.failed.lock().ok().and_then(|f| f.clone());
-        let state = if failed.is_some() { "FAILED" } else { "LOGGED IN" };
+        let state = if failed.is_some() {
+            "FAILED"
+        } else {
+            "LOGGED IN"
+        };
         SessionView {
             sid: e.sid,
             node: Some(e.node.clone()),
@@ -446,7 +452,11 @@ impl Daemon {
                 initial_r2t: p.initial_r2t,
                 max_outstanding_r2t: u32::from(p.max_outstanding_r2t),
             },
-            luns: e.luns.iter().map(|l| self.luns.view(l)).collect::<Vec<LunView>>(),
+            luns: e
+                .luns
+                .iter()
+                .map(|l| self.luns.view(l))
+                .collect::<Vec<LunView>>(),
             timeouts: e.timeouts.clone(),
         }
     }
@@ -505,16 +515,22 @@ impl Daemon {
     pub async fn rescan(&self, sid: u32) -> Result<SessionView, OpError> {
         let (session, node, old) = {
             let mut st = self.state.lock().await;
-            let e = st
-                .sessions
-                .get_mut(&sid)
-                .ok_or_else(|| op_err(code::SESS_NOT_FOUND, format!("no session with sid {sid}")))?;
-            (e.session.clone(), e.node.clone(), std::mem::take(&mut e.luns))
+            let e = st.sessions.get_mut(&sid).ok_or_else(|| {
+                op_err(code::SESS_NOT_FOUND, format!("no session with sid {sid}"))
+            })?;
+            (
+                e.session.clone(),
+                e.node.clone(),
+                std::mem::take(&mut e.luns),
+            )
         };
         let (luns, err) = self.luns.rescan(sid, &node, &session, old).await;
         let mut st = self.state.lock().await;
         let Some(e) = st.sessions.get_mut(&sid) else {
-            return Err(op_err(code::SESS_NOT_FOUND, format!("session {sid} ended during the rescan")));
+            return Err(op_err(
+                code::SESS_NOT_FOUND,
+                format!("session {sid} ended during the rescan"),
+            ));
         };
         e.luns = luns;
         if let Some(err) = err {

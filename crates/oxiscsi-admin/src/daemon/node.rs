@@ -92,9 +92,10 @@ pub fn source_bind(iface: &Record) -> Result<SourceBind, BadValue> {
     let mut b = SourceBind::default();
     let ip = get(iface, "iface.ipaddress");
     if !ip.is_empty() && ip != "0.0.0.0" && ip != "default" {
-        b.address = Some(ip.parse::<IpAddr>().map_err(|_| {
-            bad("iface.ipaddress", ip, "not an IP address")
-        })?);
+        b.address = Some(
+            ip.parse::<IpAddr>()
+                .map_err(|_| bad("iface.ipaddress", ip, "not an IP address"))?,
+        );
     }
     let dev = get(iface, "iface.net_ifacename");
     if !dev.is_empty() && dev != "default" {
@@ -159,7 +160,11 @@ pub fn session_config(
     }
     let address = get(node, "node.conn[0].address");
     if address.is_empty() {
-        return Err(bad("node.conn[0].address", "", "the record has no portal address"));
+        return Err(bad(
+            "node.conn[0].address",
+            "",
+            "the record has no portal address",
+        ));
     }
     let port: u16 = num(node, "node.conn[0].port", 3260)?;
     let mut cfg = SessionConfig::new(portal_string(address, port), target);
@@ -170,11 +175,8 @@ pub fn session_config(
     cfg.bind = source_bind(iface)?;
     cfg.header_digest = digest(node, "node.conn[0].iscsi.HeaderDigest")?;
     cfg.data_digest = digest(node, "node.conn[0].iscsi.DataDigest")?;
-    cfg.max_recv_data_segment_length = num(
-        node,
-        "node.conn[0].iscsi.MaxRecvDataSegmentLength",
-        262_144,
-    )?;
+    cfg.max_recv_data_segment_length =
+        num(node, "node.conn[0].iscsi.MaxRecvDataSegmentLength", 262_144)?;
     cfg.first_burst_length = num(node, "node.session.iscsi.FirstBurstLength", 262_144)?;
     cfg.max_burst_length = num(node, "node.session.iscsi.MaxBurstLength", 16_776_192)?;
     cfg.immediate_data = yes_no(node, "node.session.iscsi.ImmediateData", true)?;
@@ -190,7 +192,11 @@ pub fn session_config(
     }
     let login = secs(node, "node.conn[0].timeo.login_timeout", 30)?;
     if login.is_zero() {
-        return Err(bad("node.conn[0].timeo.login_timeout", "0", "must be at least 1"));
+        return Err(bad(
+            "node.conn[0].timeo.login_timeout",
+            "0",
+            "must be at least 1",
+        ));
     }
     cfg.login_timeout = login;
     cfg.connection.logout_timeout = secs(node, "node.conn[0].timeo.logout_timeout", 15)?;
@@ -231,25 +237,16 @@ pub fn session_config(
                     user: user.into(),
                     secret: pass.as_bytes().to_vec(),
                 },
-                target: (!user_in.is_empty() && !pass_in.is_empty()).then(|| {
-                    ChapCredentials {
-                        user: user_in.into(),
-                        secret: pass_in.as_bytes().to_vec(),
-                    }
+                target: (!user_in.is_empty() && !pass_in.is_empty()).then(|| ChapCredentials {
+                    user: user_in.into(),
+                    secret: pass_in.as_bytes().to_vec(),
                 }),
                 algorithms: chap_algorithms(node)?,
             });
         }
-        v => {
-            return Err(bad(
-                "node.session.auth.authmethod",
-                v,
-                "use None or CHAP",
-            ))
-        }
+        v => return Err(bad("node.session.auth.authmethod", v, "use None or CHAP")),
     }
-    cfg.validate()
-        .map_err(|e| bad("node record", target, e))?;
+    cfg.validate().map_err(|e| bad("node record", target, e))?;
     Ok(cfg)
 }
 

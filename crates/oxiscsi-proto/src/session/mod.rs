@@ -8,9 +8,9 @@
 pub mod discovery;
 pub mod error;
 pub mod initiator;
+pub mod stats;
 pub mod target;
 pub mod task;
-pub mod stats;
 pub mod timers;
 pub mod window;
 

@@ -129,7 +129,10 @@ fn read_with_status_in_last_data_in() {
         (st.scsi_cmd_pdus, st.data_in_pdus, st.rx_data_octets),
         (1, 2, 1024)
     );
-    assert_eq!((st.tx_data_octets, st.scsi_rsp_pdus, st.timeout_errors), (0, 0, 0));
+    assert_eq!(
+        (st.tx_data_octets, st.scsi_rsp_pdus, st.timeout_errors),
+        (0, 0, 0)
+    );
 }
 
 #[test]
@@ -515,7 +518,10 @@ fn task_timeout_aborts() {
         }]
     );
     let st = c.stats();
-    assert_eq!((st.timeout_errors, st.tmf_cmd_pdus, st.tmf_rsp_pdus), (1, 1, 1));
+    assert_eq!(
+        (st.timeout_errors, st.tmf_cmd_pdus, st.tmf_rsp_pdus),
+        (1, 1, 1)
+    );
 }
 
 #[test]
