@@ -604,3 +604,51 @@ fn bad_input_daemon_down_bad_record_blackhole_and_raw_protocol() {
     let sessions = ask(r#"{"version":1,"op":"sessions"}"#);
     assert_eq!(sessions["result"], serde_json::json!([]));
 }
+
+#[test]
+fn a_tree_written_by_open_iscsi_imports_and_logs_in_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = OurTarget::start(dir.path());
+    let (host, port) = target.portal.rsplit_once(':').unwrap();
+    // open-iscsi's own iscsiadm writes the records (no daemon needed for -o new/update),
+    // into a private tmpfs over /etc/iscsi so the host's tree is untouched.
+    let tree = dir.path().join("etc-iscsi");
+    std::fs::create_dir_all(&tree).unwrap();
+    let script = format!(
+        "mount -t tmpfs tmpfs /etc/iscsi && \
+         iscsiadm -m node -o new -T {IQN} -p {host}:{port},1 >/dev/null && \
+         iscsiadm -m node -T {IQN} -o update -n node.startup -v automatic 2>/dev/null; \
+         cp -a /etc/iscsi/. {}",
+        tree.display()
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    assert!(
+        o.status.success(),
+        "iscsiadm (open-iscsi, installed by scripts/deps) must write the tree: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rec = tree.join(format!("nodes/{IQN}/{host},{port},1/default"));
+    let text = std::fs::read_to_string(&rec).unwrap();
+    assert!(text.contains("node.startup = automatic"), "{text}");
+
+    let root = dir.path().join("root");
+    let out = ok(&root, &["--import", tree.to_str().unwrap()]);
+    assert!(out.starts_with("imported 1 record(s)"), "{out}");
+    // The daemon logs the automatic node in by itself.
+    let _daemon = Daemon::start(&root);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, _) = adm(&root, &["-m", "session"]);
+        if code == 0 {
+            assert_eq!(out, format!("tcp: [1] {host}:{port},1 {IQN} (non-flash)\n"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "imported node did not log in");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(device_of(&root, &target.portal, IQN, 1).exists());
+    ok(&root, &["-m", "session", "-u"]);
+}
