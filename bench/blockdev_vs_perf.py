@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The LUN as a host block device (oxiscsid: FUSE file + loop device) vs the same LUN
+driven directly by `oxiscsi perf`, same target, same run, A/B interleaved.
+
+    cargo build --release --bins
+    python3 bench/blockdev_vs_perf.py [--rounds 3] [--seconds 4] [--write-md]
+
+Our target (`oxiscsi target`, a random-filled file LUN on tmpfs) runs pinned to CPU 1.
+The client side runs pinned to CPU 0: either `oxiscsi perf` (libiscsi-style user-space
+initiator, no kernel block layer) or fio on /dev/loopN, whose I/O goes loop -> FUSE ->
+oxiscsid -> the same initiator library -> TCP. The ratio perf/fio is the overhead of
+the FUSE + loop path. fio runs with --direct=1 (loop in direct-I/O mode too), engines
+psync (QD1 rows) and io_uring. Client CPU per IO counts the client processes only
+(oxiscsid + fio, or oxiscsi perf)."""
+import argparse, json, os, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, make_lun, med, remove_lun, write_section  # noqa: E402
+
+REL = os.path.join(ROOT, "target", "release")
+OX, OXD, ADM = (os.path.join(REL, b) for b in ("oxiscsi", "oxiscsid", "oxiscsiadm"))
+IQN = "iqn.2026-11.bench:blockdev"
+CLI_CPU, TGT_CPU = "0", "1"
+HZ = os.sysconf("SC_CLK_TCK")
+
+# name, bytes per IO, queue depth, random, write
+ROWS = [
+    ("4K random read QD1", 4096, 1, True, False),
+    ("4K random read QD32", 4096, 32, True, False),
+    ("1M sequential read QD8", 1 << 20, 8, False, False),
+    ("1M sequential write QD8", 1 << 20, 8, False, True),
+]
+
+
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])) / HZ
+
+
+def perf(url, bs, qd, rnd, wr, secs):
+    c = ["taskset", "-c", CLI_CPU, OX, "perf", "--json", "-b", str(bs // 512), "-m", str(qd), "-t", str(secs)]
+    if rnd:
+        c.append("-r")
+    if wr:
+        c.append("--write")
+    t0 = os.times()
+    out = subprocess.run(c + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True).stdout
+    t1 = os.times()
+    iops = float(json.loads(out.strip().splitlines()[-1])["iops"])
+    cpu_s = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
+    return iops, cpu_s
+
+
+def fio(dev, engine, bs, qd, rnd, wr, secs, daemon_pid):
+    rw = ("randwrite" if wr else "randread") if rnd else ("write" if wr else "read")
+    c = ["taskset", "-c", CLI_CPU, "fio", "--name=b", f"--filename={dev}", "--direct=1", f"--ioengine={engine}",
+         f"--rw={rw}", f"--bs={bs}", f"--iodepth={qd}", f"--runtime={secs}", "--time_based",
+         "--output-format=json"]
+    d0, t0 = cpu(daemon_pid), os.times()
+    out = subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True).stdout
+    d1, t1 = cpu(daemon_pid), os.times()
+    job = json.loads(out)["jobs"][0]["write" if wr else "read"]
+    cpu_s = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system) + (d1 - d0)
+    return float(job["iops"]), cpu_s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--lun-mib", type=int, default=1024)
+    ap.add_argument("--write-md", action="store_true")
+    a = ap.parse_args()
+    for b in (OX, OXD, ADM):
+        if not os.path.exists(b):
+            sys.exit(f"build first: {b} is missing (cargo build --release --bins)")
+    work, lun = make_lun(a.lun_mib)
+    port = free_port()
+    root = tempfile.mkdtemp(prefix="oxbench-")
+    tgt = subprocess.Popen(["taskset", "-c", TGT_CPU, OX, "target", "--listen", f"127.0.0.1:{port}", "--iqn", IQN,
+                            "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = None
+    rows = []
+    try:
+        time.sleep(0.5)
+        daemon = subprocess.Popen(["taskset", "-c", CLI_CPU, OXD, "-f", "--root", root],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sock = os.path.join(root, "run", "oxiscsid.sock")
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        adm = lambda *x: subprocess.run([ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
+        adm("-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{port}")
+        adm("-m", "node", "-T", IQN, "-l")
+        dev = os.readlink(os.path.join(root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{IQN}-lun-1"))
+        url = f"iscsi://127.0.0.1:{port}/{IQN}/1"
+        for name, bs, qd, rnd, wr in ROWS:
+            kinds = ["perf", "io_uring"] + (["psync"] if qd == 1 else [])
+            res = {k: [] for k in kinds}
+            for i in range(a.rounds):
+                order = kinds if i % 2 == 0 else list(reversed(kinds))
+                for k in order:
+                    if k == "perf":
+                        iops, c = perf(url, bs, qd, rnd, wr, a.seconds)
+                    else:
+                        iops, c = fio(dev, k, bs, qd, rnd, wr, a.seconds, daemon.pid)
+                    res[k].append({"iops": iops, "mib": iops * bs / (1 << 20),
+                                   "cpu_us": c * 1e6 / max(iops * a.seconds, 1)})
+            rows.append((name, bs, res))
+            print(name + ": " + " | ".join(f"{k} {med(res[k], 'iops'):.0f} IOPS {med(res[k], 'cpu_us'):.1f} us/IO"
+                                           for k in kinds), flush=True)
+        adm("-m", "node", "-T", IQN, "-u")
+    finally:
+        if daemon:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        tgt.kill()
+        tgt.wait()
+        remove_lun(work, lun)
+        subprocess.run(["rm", "-rf", root])
+    md = render(rows, a)
+    print(md)
+    if a.write_md:
+        write_section("blockdev-vs-perf", md)
+
+
+def render(rows, a):
+    fio_v = subprocess.run(["fio", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    L = [
+        "## Block device: fio on the loop device (oxiscsid FUSE + loop) vs `oxiscsi perf` on the same LUN",
+        "",
+        f"Same run, A/B interleaved, {a.rounds} rounds x {a.seconds} s, medians; our target on CPU 1, "
+        f"client (oxiscsid + fio, or oxiscsi perf) on CPU 0; {fio_v}, --direct=1; LUN: {a.lun_mib} MiB "
+        "file on tmpfs. Overhead = perf throughput / fio throughput (1.00 = none). "
+        "CPU us/IO: client user+system time per IO (oxiscsid included for fio).",
+        "",
+        "| workload | oxiscsi perf | fio io_uring | overhead | fio psync | overhead | CPU us/IO perf / fio io_uring |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, bs, res in rows:
+        unit = (lambda r: f"{med(r, 'mib'):.0f} MiB/s") if bs >= 1 << 20 else (lambda r: f"{med(r, 'iops'):.0f} IOPS")
+        p = med(res["perf"], "iops")
+        ur = med(res["io_uring"], "iops")
+        ps = f"{unit(res['psync'])} | {p / med(res['psync'], 'iops'):.2f}x" if "psync" in res else "- | -"
+        L.append(f"| {name} | {unit(res['perf'])} | {unit(res['io_uring'])} | {p / ur:.2f}x | {ps} | "
+                 f"{med(res['perf'], 'cpu_us'):.1f} / {med(res['io_uring'], 'cpu_us'):.1f} |")
+    L += ["", "Commands: `cargo build --release --bins && python3 bench/blockdev_vs_perf.py --write-md`"]
+    return "\n".join(L)
+
+
+if __name__ == "__main__":
+    main()
