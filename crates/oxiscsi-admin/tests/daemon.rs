@@ -99,6 +99,16 @@ fn ok(root: &Path, args: &[&str]) -> String {
     out
 }
 
+/// `-m node [-T IQN] -o update -n KEY -v VALUE`.
+fn set(root: &Path, iqn: Option<&str>, key: &str, value: &str) {
+    let mut args = vec!["-m", "node"];
+    if let Some(t) = iqn {
+        args.extend(["-T", t]);
+    }
+    args.extend(["-o", "update", "-n", key, "-v", value]);
+    ok(root, &args);
+}
+
 fn sh(cmd: &str, args: &[&str]) {
     let o = Command::new(cmd).args(args).output().unwrap();
     assert!(
@@ -360,21 +370,7 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     assert!(dev2.exists());
 
     // startup=automatic: the session comes back when the daemon restarts.
-    ok(
-        &root,
-        &[
-            "-m",
-            "node",
-            "-T",
-            IQN,
-            "-o",
-            "update",
-            "-n",
-            "node.startup",
-            "-v",
-            "automatic",
-        ],
-    );
+    set(&root, Some(IQN), "node.startup", "automatic");
     daemon.stop();
     assert!(
         !root.join("run/by-path").read_dir().unwrap().any(|_| true),
@@ -410,19 +406,7 @@ fn tgtd_login_devices_nr_sessions_and_logout() {
         &["-m", "discovery", "-t", "sendtargets", "-p", &portal],
     );
     // Two sessions with distinct ISIDs (node.session.nr_sessions).
-    ok(
-        &root,
-        &[
-            "-m",
-            "node",
-            "-o",
-            "update",
-            "-n",
-            "node.session.nr_sessions",
-            "-v",
-            "2",
-        ],
-    );
+    set(&root, None, "node.session.nr_sessions", "2");
     ok(&root, &["-m", "node", "-l"]);
     let js: serde_json::Value =
         serde_json::from_str(&ok(&root, &["-m", "session", "--json"])).unwrap();
@@ -501,39 +485,16 @@ fn bad_input_daemon_down_bad_record_blackhole_and_raw_protocol() {
     assert_ne!(code, 0);
     assert!(err.contains(&format!("{}:", rec.display())), "{err}");
     // A bad value names the key.
-    ok(
+    set(
         &root,
-        &[
-            "-m",
-            "node",
-            "-T",
-            IQN,
-            "-o",
-            "update",
-            "-n",
-            "node.session.iscsi.ImmediateData",
-            "-v",
-            "perhaps",
-        ],
+        Some(IQN),
+        "node.session.iscsi.ImmediateData",
+        "perhaps",
     );
     let (code, _, err) = adm(&root, &["-m", "node", "-T", IQN, "-l"]);
     assert_eq!(code, 7, "{err}");
     assert!(err.contains("node.session.iscsi.ImmediateData"), "{err}");
-    ok(
-        &root,
-        &[
-            "-m",
-            "node",
-            "-T",
-            IQN,
-            "-o",
-            "update",
-            "-n",
-            "node.session.iscsi.ImmediateData",
-            "-v",
-            "Yes",
-        ],
-    );
+    set(&root, Some(IQN), "node.session.iscsi.ImmediateData", "Yes");
 
     // A portal that accepts TCP but never answers the login: fails after the login
     // timeout (2 s here), the CLI returns with a clear message.
@@ -552,20 +513,11 @@ fn bad_input_daemon_down_bad_record_blackhole_and_raw_protocol() {
             &format!("127.0.0.1:{hp},1"),
         ],
     );
-    ok(
+    set(
         &root,
-        &[
-            "-m",
-            "node",
-            "-T",
-            "iqn.2026-11.test:hole",
-            "-o",
-            "update",
-            "-n",
-            "node.conn[0].timeo.login_timeout",
-            "-v",
-            "2",
-        ],
+        Some("iqn.2026-11.test:hole"),
+        "node.conn[0].timeo.login_timeout",
+        "2",
     );
     let t0 = Instant::now();
     let (code, _, err) = adm(&root, &["-m", "node", "-T", "iqn.2026-11.test:hole", "-l"]);
