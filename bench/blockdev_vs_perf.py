@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--lun-mib", type=int, default=1024)
     ap.add_argument("--write-md", action="store_true")
+    ap.add_argument("--only", default="", help="run only the rows whose name contains this text")
     a = ap.parse_args()
     for b in (OX, OXD, ADM):
         if not os.path.exists(b):
@@ -96,6 +97,8 @@ def main():
         dev = os.readlink(os.path.join(root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{IQN}-lun-1"))
         url = f"iscsi://127.0.0.1:{port}/{IQN}/1"
         for name, bs, qd, rnd, wr in ROWS:
+            if a.only not in name:
+                continue
             kinds = ["perf", "io_uring"] + (["psync"] if qd == 1 else [])
             res = {k: [] for k in kinds}
             for i in range(a.rounds):

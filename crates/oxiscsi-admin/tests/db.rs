@@ -32,17 +32,17 @@ fn fixtures_round_trip_byte_for_byte() {
 /// Our new records equal iscsiadm's, key for key and in order.
 #[test]
 fn new_records_match_open_iscsi() {
-    let mut ours = node_record("iqn.2026-11.test:tree", "127.0.0.1", 3260, 1);
+    let mut ours = node_record(&[], "iqn.2026-11.test:tree", "127.0.0.1", 3260, 1);
     ours.set("node.startup", "automatic"); // the fixture had this update applied
     let theirs = fixture("nodes/iqn.2026-11.test:tree/127.0.0.1,3260,1/default");
     assert_lines_equal(&ours.to_string(), &theirs);
-    let flat = node_record("iqn.2026-11.test:fixture", "127.0.0.1", 3260, -1);
+    let flat = node_record(&[], "iqn.2026-11.test:fixture", "127.0.0.1", 3260, -1);
     assert_lines_equal(
         &flat.to_string(),
         &fixture("nodes/iqn.2026-11.test:fixture/127.0.0.1,3260"),
     );
     assert_lines_equal(
-        &sendtargets_record("127.0.0.1", 3260).to_string(),
+        &sendtargets_record(&[], "127.0.0.1", 3260).to_string(),
         &fixture("send_targets/127.0.0.1,3260/st_config"),
     );
     assert_lines_equal(
@@ -89,7 +89,7 @@ fn concurrent_updates_are_never_lost() {
         iface: "default".into(),
     };
     let path = db.node_path(&key);
-    let new = || node_record("iqn.2026-11.test:c", "10.0.0.1", 3260, 1);
+    let new = || node_record(&[], "iqn.2026-11.test:c", "10.0.0.1", 3260, 1);
     db.write(&path, &new()).unwrap();
     let threads: Vec<_> = (0..20)
         .map(|i| {
@@ -145,10 +145,10 @@ fn a_malformed_record_names_file_and_line() {
 #[test]
 fn show_matches_iscsiadm() {
     let show = |rel: &str| fixture(&format!("show/{rel}"));
-    let node = node_record("iqn.2026-11.test:two", "10.0.0.2", 3260, 2);
+    let node = node_record(&[], "iqn.2026-11.test:two", "10.0.0.2", 3260, 2);
     assert_lines_equal(&node.show(false), &show("node.txt"));
     assert_lines_equal(
-        &sendtargets_record("127.0.0.1", 3260).show(false),
+        &sendtargets_record(&[], "127.0.0.1", 3260).show(false),
         &show("discoverydb.txt"),
     );
     assert_lines_equal(&iface_record("testif").show(false), &show("iface.txt"));

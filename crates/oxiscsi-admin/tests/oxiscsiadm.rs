@@ -411,6 +411,14 @@ fn sendtargets_discovery_records_nodes_and_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let r = d.path();
     let p = portal.to_string();
+    // iscsid.conf's node.* and discovery.sendtargets.* keys are the defaults of the
+    // records discovery creates (as open-iscsi's iscsiadm applies them).
+    std::fs::write(
+        r.join("iscsid.conf"),
+        "# site defaults\nnode.startup = automatic\nnode.session.cmds_max = 64\n\
+         discovery.sendtargets.timeo.login_timeout = 7\niscsid.startup = /bin/true\n",
+    )
+    .unwrap();
     let (code, out, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -436,14 +444,68 @@ fn sendtargets_discovery_records_nodes_and_fails_clearly() {
         show.contains(&format!("node.discovery_port = {}", portal.port())),
         "{show}"
     );
-    assert_eq!(
-        adm(
-            r,
-            &["-m", "discoverydb", "-t", "st", "-p", &p, "-o", "show"]
-        )
-        .0,
-        0
+    assert!(show.contains("node.startup = automatic\n"), "{show}");
+    assert!(show.contains("node.session.cmds_max = 64\n"), "{show}");
+    let (code, st, _) = adm(
+        r,
+        &["-m", "discoverydb", "-t", "st", "-p", &p, "-o", "show"],
     );
+    assert_eq!(code, 0);
+    assert!(
+        st.contains("discovery.sendtargets.timeo.login_timeout = 7\n"),
+        "{st}"
+    );
+    // -I IFACE: the discovery session is bound like a login through that iface.
+    assert_eq!(adm(r, &["-m", "iface", "-I", "src", "-o", "new"]).0, 0);
+    let set_ip = |ip: &str| {
+        let a = [
+            "-m",
+            "iface",
+            "-I",
+            "src",
+            "-o",
+            "update",
+            "-n",
+            "iface.ipaddress",
+            "-v",
+            ip,
+        ];
+        assert_eq!(adm(r, &a).0, 0);
+    };
+    set_ip("127.0.0.1");
+    let (code, out, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p, "-I", "src"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("iqn.2026-11.test:d1"), "{out}");
+    // An address this host does not have: refused by bind(2), named, nothing sent.
+    set_ip("192.0.2.1");
+    let (code, _, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p, "-I", "src"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("192.0.2.1") && err.contains("iface"), "{err}");
+    let (code, _, err) = adm(
+        r,
+        &["-m", "discovery", "-t", "st", "-p", &p, "-I", "nosuch"],
+    );
+    assert_eq!(code, 21, "{err}");
+    assert!(err.contains("iface nosuch does not exist"), "{err}");
+    // A broken iscsid.conf is named with its line; no record is touched.
+    std::fs::write(r.join("iscsid.conf"), "node.startup = manual\nbroken\n").unwrap();
+    let (code, _, err) = adm(
+        r,
+        &[
+            "-m",
+            "node",
+            "-o",
+            "new",
+            "-T",
+            "iqn.2026-11.test:x",
+            "-p",
+            "10.0.0.9",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("iscsid.conf:2"), "{err}");
+    assert_eq!(adm(r, &["-m", "node", "-T", "iqn.2026-11.test:x"]).0, 21);
+    std::fs::remove_file(r.join("iscsid.conf")).unwrap();
     // Nothing listens: exit 4 with the portal named.
     rt.block_on(h.shutdown());
     let (code, _, err) = adm(r, &["-m", "discovery", "-t", "st", "-p", &p]);

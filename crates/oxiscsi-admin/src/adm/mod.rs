@@ -370,10 +370,11 @@ fn node(a: &Args, db: &Db) -> Result<String, Failure> {
                 iface: iface.clone(),
             };
             let path = db.node_path(&key);
+            let conf = db.conf_defaults()?;
             db.update(
                 &path,
                 Kind::Node,
-                || node_record(t, &addr, port, tpgt),
+                || node_record(&conf, t, &addr, port, tpgt),
                 |r| {
                     r.set("iface.iscsi_ifacename", &iface);
                 },
@@ -484,10 +485,11 @@ fn discoverydb(a: &Args, db: &Db) -> Result<String, Failure> {
             let Some((h, p, _)) = portal else {
                 return Err(fail(exit::INVAL, "-o new needs -p IP[:PORT]"));
             };
+            let conf = db.conf_defaults()?;
             db.update(
                 &db.sendtargets_path(&h, p),
                 Kind::SendTargets,
-                || sendtargets_record(&h, p),
+                || sendtargets_record(&conf, &h, p),
                 |_| {},
             )?;
             Ok(format!("New discovery record for [{h},{p}] added.\n"))
@@ -627,16 +629,27 @@ fn discovery(a: &Args, db: &Db) -> Result<(String, Vec<NodeKey>), Failure> {
         .transpose()?
         .ok_or_else(|| fail(exit::INVAL, "discovery needs -p IP[:PORT]"))?;
     let st_path = db.sendtargets_path(&host, port);
+    let conf = db.conf_defaults()?;
     let rec = db.update(
         &st_path,
         Kind::SendTargets,
-        || sendtargets_record(&host, port),
+        || sendtargets_record(&conf, &host, port),
         |_| {},
     )?;
     let portal = portal_text(&host, port);
     let mut cfg = oxiscsi_initiator::SessionConfig::new(portal.clone(), "discovery");
     // ROOT/initiatorname.iscsi, generated once if missing.
     cfg.initiator_name = db.initiator_name()?;
+    // -I IFACE: the discovery session leaves from that iface's address/interface too.
+    let iface = a.iface.clone().unwrap_or_else(|| "default".into());
+    let iface_rec = db.iface(&iface)?.ok_or_else(|| {
+        fail(
+            exit::NO_OBJS,
+            format!("iface {iface} does not exist (see `oxiscsiadm -m iface`)"),
+        )
+    })?;
+    cfg.bind = crate::daemon::node::source_bind(&iface_rec)
+        .map_err(|e| fail(exit::INVAL, format!("iface {iface}: {e}")))?;
     if let Some(t) = rec
         .get("discovery.sendtargets.timeo.login_timeout")
         .and_then(|v| v.parse().ok())
@@ -682,7 +695,6 @@ fn discovery(a: &Args, db: &Db) -> Result<(String, Vec<NodeKey>), Failure> {
             };
             fail(code, format!("discovery at {portal} failed: {e}"))
         })?;
-    let iface = a.iface.clone().unwrap_or_else(|| "default".into());
     let mut out = String::new();
     let mut keys = Vec::new();
     for t in &found {
@@ -699,7 +711,7 @@ fn discovery(a: &Args, db: &Db) -> Result<(String, Vec<NodeKey>), Failure> {
             db.update(
                 &path,
                 Kind::Node,
-                || node_record(&key.iqn, &key.address, key.port, key.tpgt),
+                || node_record(&conf, &key.iqn, &key.address, key.port, key.tpgt),
                 |r| {
                     r.set("iface.iscsi_ifacename", &iface);
                     r.set("node.discovery_address", &h);

@@ -33,6 +33,8 @@ use crate::ipc::{LunView, NodeRef};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest single FUSE read/write (and so SCSI command) the kernel sends us.
 const MAX_IO: u32 = 1 << 20;
+/// Asynchronous FUSE requests the kernel keeps in flight (see `init`).
+const MAX_BACKGROUND: u16 = 256;
 const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
 const FALLOC_FL_PUNCH_HOLE: i32 = 0x02;
 
@@ -191,6 +193,11 @@ fn eio(what: &str, f: &LunFile, e: &str) -> Errno {
 impl Filesystem for LunFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
+        // The loop device submits asynchronous direct I/O, which FUSE counts as
+        // background requests; fuser's default of 16 would cap a QD32 workload at 16
+        // in flight. Let the kernel queue as many as a session takes (cmds_max).
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
-use crate::db::record::{iface_record, Kind, Record};
+use crate::db::record::{Kind, Record};
 use crate::db::{Db, NodeKey};
 use crate::ipc::{
     Answer, Envelope, Hello, IfaceView, LoginResult, LunView, Negotiated, NodeRef, Request,
@@ -193,26 +193,19 @@ impl Daemon {
             .read(&path)
             .map_err(|e| op_err(code::ERR, format!("cannot use the node record: {e}")))?;
         let rec = Kind::Node.complete(&rec);
-        let iface = if node.iface == "default" && !self.db.iface_path("default").exists() {
-            iface_record("default")
-        } else {
-            let p = self.db.iface_path(&node.iface);
-            if !p.exists() {
-                return Err(op_err(
+        let iface = self
+            .db
+            .iface(&node.iface)
+            .map_err(|e| op_err(code::ERR, format!("cannot use the iface record: {e}")))?
+            .ok_or_else(|| {
+                op_err(
                     code::NO_OBJS_FOUND,
                     format!(
                         "iface {} does not exist (see `oxiscsiadm -m iface`)",
                         node.iface
                     ),
-                ));
-            }
-            Kind::Iface.complete(
-                &self
-                    .db
-                    .read(&p)
-                    .map_err(|e| op_err(code::ERR, format!("cannot use the iface record: {e}")))?,
-            )
-        };
+                )
+            })?;
         Ok((rec, iface))
     }
 

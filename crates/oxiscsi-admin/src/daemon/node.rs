@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn node_keys_map_onto_the_session() {
-        let mut n = node_record("iqn.2026-11.test:t", "::1", 3261, 1);
+        let mut n = node_record(&[], "iqn.2026-11.test:t", "::1", 3261, 1);
         n.set("node.conn[0].iscsi.HeaderDigest", "CRC32C,None");
         n.set("node.session.cmds_max", "64");
         n.set("node.conn[0].timeo.login_timeout", "7");
@@ -298,11 +298,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let mut n = Kind::Node.complete(&node_record("iqn.2026-11.test:t", "10.0.0.1", 3260, 1));
+        let mut n =
+            Kind::Node.complete(&node_record(&[], "iqn.2026-11.test:t", "10.0.0.1", 3260, 1));
         n.set("node.session.iscsi.ImmediateData", "maybe");
         let e = session_config(&n, &iface_record("default"), "iqn.2026-11.test:h").unwrap_err();
         assert_eq!(e.key, "node.session.iscsi.ImmediateData");
-        let mut n = node_record("iqn.2026-11.test:t", "10.0.0.1", 3260, 1);
+        let mut n = node_record(&[], "iqn.2026-11.test:t", "10.0.0.1", 3260, 1);
         n.set("node.session.auth.authmethod", "CHAP");
         let e = session_config(&n, &iface_record("default"), "iqn.2026-11.test:h").unwrap_err();
         assert!(e.why.contains("username"), "{e}");

@@ -26,6 +26,9 @@ pub enum DbError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}:{}", path.display(), source)]
     Record { path: PathBuf, source: RecordError },
+    /// iscsid.conf does not parse; the text names the file and line.
+    #[error("{why}")]
+    Conf { why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DbError + '_ {
@@ -234,6 +237,30 @@ impl Db {
 }
 
 impl Db {
+    /// An iface record with every key (`None` if there is no such iface); `default`
+    /// exists without a file, as in open-iscsi.
+    pub fn iface(&self, name: &str) -> Result<Option<Record>, DbError> {
+        let p = self.iface_path(name);
+        if !p.exists() {
+            return Ok((name == "default").then(|| record::iface_record("default")));
+        }
+        Ok(Some(Kind::Iface.complete(&self.read(&p)?)))
+    }
+
+    /// `ROOT/iscsid.conf`'s `key = value` pairs in order (none when the file is
+    /// missing): the defaults for new node and discovery records.
+    pub fn conf_defaults(&self) -> Result<Vec<(String, String)>, DbError> {
+        let path = self.root.join("iscsid.conf");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        crate::daemon::conf::DaemonConf::parse(&text, &path)
+            .map(|c| c.pairs)
+            .map_err(|why| DbError::Conf { why })
+    }
+
     /// The initiator name from `ROOT/initiatorname.iscsi`, generated once if missing
     /// (as open-iscsi's packaging does): `iqn.2026-11.rs.oxiscsi:<host>-<12 hex>`,
     /// written atomically under the DB lock so concurrent first runs agree on one name.

@@ -195,10 +195,35 @@ pub fn iface_record(name: &str) -> Record {
     r
 }
 
+/// `iscsid.conf` settings that are defaults for new records of `kind` (as open-iscsi's
+/// idbm_node_setup_from_conf applies them): `node.*` keys for node records,
+/// `discovery.sendtargets.*` for SendTargets records; keys the record does not know
+/// are left out.
+fn apply_conf(r: &mut Record, kind: Kind, conf: &[(String, String)]) {
+    let prefix = match kind {
+        Kind::Node => "node.",
+        Kind::SendTargets => "discovery.sendtargets.",
+        Kind::Iface => return,
+    };
+    for (k, v) in conf {
+        if k.starts_with(prefix) && kind.knows(k) {
+            r.set(k, v);
+        }
+    }
+}
+
 /// A new node record as `iscsiadm -m node -o new -T IQN -p IP:PORT[,TPGT]` writes it
-/// (iface `default`, iscsid.conf defaults).
-pub fn node_record(iqn: &str, address: &str, port: u16, tpgt: i32) -> Record {
+/// (iface `default`; `conf` is iscsid.conf's `key = value` pairs, whose `node.*` keys
+/// override the built-in defaults).
+pub fn node_record(
+    conf: &[(String, String)],
+    iqn: &str,
+    address: &str,
+    port: u16,
+    tpgt: i32,
+) -> Record {
     let mut r = Kind::Node.defaults();
+    apply_conf(&mut r, Kind::Node, conf);
     r.set("node.name", iqn);
     r.set("node.tpgt", &tpgt.to_string());
     r.set("node.conn[0].address", address);
@@ -207,9 +232,10 @@ pub fn node_record(iqn: &str, address: &str, port: u16, tpgt: i32) -> Record {
 }
 
 /// A new SendTargets discovery record as `iscsiadm -m discoverydb -t st -p IP:PORT -o
-/// new` writes it.
-pub fn sendtargets_record(address: &str, port: u16) -> Record {
+/// new` writes it, with iscsid.conf's `discovery.sendtargets.*` defaults.
+pub fn sendtargets_record(conf: &[(String, String)], address: &str, port: u16) -> Record {
     let mut r = Kind::SendTargets.defaults();
+    apply_conf(&mut r, Kind::SendTargets, conf);
     r.set("discovery.sendtargets.address", address);
     r.set("discovery.sendtargets.port", &port.to_string());
     r
