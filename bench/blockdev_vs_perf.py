@@ -3,7 +3,7 @@
 driven directly by `oxiscsi perf`, same target, same run, A/B interleaved.
 
     cargo build --release --bins
-    python3 bench/blockdev_vs_perf.py [--rounds 3] [--seconds 4] [--write-md]
+    python3 bench/blockdev_vs_perf.py [--rounds 5] [--seconds 4] [--write-md]
 
 Our target (`oxiscsi target`, a random-filled file LUN on tmpfs) runs pinned to CPU 1.
 The client side runs pinned to CPU 0: either `oxiscsi perf` (libiscsi-style user-space
@@ -66,7 +66,7 @@ def fio(dev, engine, bs, qd, rnd, wr, secs, daemon_pid):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--lun-mib", type=int, default=1024)
     ap.add_argument("--write-md", action="store_true")

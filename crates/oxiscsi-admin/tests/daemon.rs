@@ -245,6 +245,22 @@ impl Drop for Mount {
     }
 }
 
+/// `len` bytes at `offset` of a block device, read with O_DIRECT (past any cache).
+fn read_direct(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    // O_DIRECT wants an aligned buffer: read into an aligned region of a larger one.
+    let mut big = vec![0u8; len + 4096];
+    let off = big.as_ptr().align_offset(4096);
+    f.read_exact(&mut big[off..off + len]).unwrap();
+    big[off..off + len].to_vec()
+}
+
 #[test]
 fn our_target_discovery_login_filesystem_rescan_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,20 +327,7 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     }
 
     // O_DIRECT through the loop device equals the LUN read by our initiator.
-    let mut direct = vec![0u8; 4 << 20];
-    {
-        use std::io::Read;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&dev)
-            .unwrap();
-        // O_DIRECT wants an aligned buffer: read into an aligned region of a larger one.
-        let mut big = vec![0u8; (4 << 20) + 4096];
-        let off = big.as_ptr().align_offset(4096);
-        f.read_exact(&mut big[off..off + (4 << 20)]).unwrap();
-        direct.copy_from_slice(&big[off..off + (4 << 20)]);
-    }
+    let direct = read_direct(&dev, 0, 4 << 20);
     let via_initiator = target.rt.block_on(async {
         let s = oxiscsi_initiator::Session::connect(oxiscsi_initiator::SessionConfig::new(
             portal.clone(),
@@ -344,6 +347,47 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
         direct.iter().any(|b| *b != 0),
         "the file system should be there"
     );
+
+    // Many writes in flight at once (the kernel's asynchronous direct I/O through
+    // loop and FUSE), sizes 512 B to 1 MiB, each block checked afterwards by fio.
+    sh(
+        "fio",
+        &[
+            "--name=verify",
+            &format!("--filename={}", dev.display()),
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--rw=randwrite",
+            "--bsrange=512-1m",
+            "--iodepth=32",
+            "--offset=32m",
+            "--size=32m",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--randseed=7",
+            "--output=/dev/null",
+        ],
+    );
+    // A discard through the loop device punches the FUSE file (UNMAP at the target):
+    // the range reads back as zeros, its neighbours are untouched.
+    let before = read_direct(&dev, 31 << 20, 3 << 20);
+    sh(
+        "blkdiscard",
+        &[
+            "-o",
+            &(32u64 << 20).to_string(),
+            "-l",
+            "1048576",
+            dev.to_str().unwrap(),
+        ],
+    );
+    let after = read_direct(&dev, 31 << 20, 3 << 20);
+    assert!(
+        after[1 << 20..2 << 20].iter().all(|b| *b == 0),
+        "discarded range not zero"
+    );
+    assert_eq!(before[..1 << 20], after[..1 << 20]);
+    assert_eq!(before[2 << 20..], after[2 << 20..]);
 
     // Statistics count what happened.
     let st = ok(&root, &["-m", "session", "-s"]);

@@ -48,8 +48,10 @@ struct LunFile {
     /// Unmapped blocks read back as zeros (LBPME and LBPRZ), so UNMAP can punch holes.
     unmap_zeroes: bool,
     opens: AtomicU32,
-    /// Serializes read-modify-write of partial blocks.
-    rmw: tokio::sync::Mutex<()>,
+    /// Whole-block writes hold it shared, a read-modify-write of a partial block
+    /// exclusively: with asynchronous direct I/O many writes are in flight, and one
+    /// that lands between an RMW's read and its write-back would otherwise be undone.
+    rmw: tokio::sync::RwLock<()>,
 }
 
 impl LunFile {
@@ -84,6 +86,7 @@ impl LunFile {
         let bs = u64::from(self.block_size);
         let len = data.len() as u64;
         if offset.is_multiple_of(bs) && len.is_multiple_of(bs) {
+            let _g = self.rmw.read().await;
             return self
                 .session
                 .write(self.lun, offset / bs, data)
@@ -91,7 +94,7 @@ impl LunFile {
                 .map_err(|e| e.to_string());
         }
         // A partial block: read the covering blocks, patch, write back.
-        let _g = self.rmw.lock().await;
+        let _g = self.rmw.write().await;
         let first = offset / bs;
         let last = (offset + len).div_ceil(bs);
         let blocks = u32::try_from(last - first).map_err(|_| "write too large".to_string())?;
@@ -197,6 +200,9 @@ impl Filesystem for LunFs {
         // background requests; fuser's default of 16 would cap a QD32 workload at 16
         // in flight. Let the kernel queue as many as a session takes (cmds_max).
         let _ = config.set_max_background(MAX_BACKGROUND);
+        if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO) {
+            tracing::warn!("kernel FUSE without async direct I/O ({e:?}): one request at a time per loop worker");
+        }
         let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         Ok(())
     }
@@ -582,7 +588,7 @@ impl Attacher {
             blocks: AtomicU64::new(cap.blocks()),
             unmap_zeroes: cap.lbpme && cap.lbprz,
             opens: AtomicU32::new(0),
-            rmw: tokio::sync::Mutex::new(()),
+            rmw: tokio::sync::RwLock::new(()),
         });
         if let Ok(mut m) = self.files.write() {
             m.insert(ino, file);
