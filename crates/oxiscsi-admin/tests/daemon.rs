@@ -349,7 +349,8 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     );
 
     // Many writes in flight at once (the kernel's asynchronous direct I/O through
-    // loop and FUSE), sizes 512 B to 1 MiB, each block checked afterwards by fio.
+    // loop and FUSE), sizes 512 B to 1 MiB, each block checked afterwards by fio. The
+    // file system is done with: this overwrites its second half.
     sh(
         "fio",
         &[
@@ -364,6 +365,7 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
             "--size=32m",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--randseed=7",
             "--output=/dev/null",
         ],
@@ -374,6 +376,7 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     sh(
         "blkdiscard",
         &[
+            "-f",
             "-o",
             &(32u64 << 20).to_string(),
             "-l",

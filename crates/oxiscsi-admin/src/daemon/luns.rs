@@ -200,10 +200,12 @@ impl Filesystem for LunFs {
         // background requests; fuser's default of 16 would cap a QD32 workload at 16
         // in flight. Let the kernel queue as many as a session takes (cmds_max).
         let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
+        // Without FUSE_ASYNC_DIO the kernel makes each asynchronous direct I/O of the
+        // loop driver a synchronous FUSE request: one in flight per loop worker.
         if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO) {
             tracing::warn!("kernel FUSE without async direct I/O ({e:?}): one request at a time per loop worker");
         }
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND / 4 * 3);
         Ok(())
     }
 
