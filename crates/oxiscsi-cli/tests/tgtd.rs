@@ -304,6 +304,74 @@ async fn digests_on_both_ways() {
     s.logout().await.unwrap();
 }
 
+/// Discarded reads (all large payloads land in one scratch buffer) interleaved with
+/// kept reads at QD16, digests on: the kept reads stay bit-exact, the discarded ones
+/// come back GOOD and empty, and a discarded read past the end still fails with sense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discarded_reads_beside_kept_reads() {
+    let t = Tgtd::start();
+    t.target(1, IQN, &[8 << 20]);
+    t.set(1, "HeaderDigest", "CRC32C");
+    t.set(1, "DataDigest", "CRC32C");
+    let mut cfg = t.config(IQN);
+    cfg.header_digest = DigestChoice::Crc32c;
+    cfg.data_digest = DigestChoice::Crc32c;
+    let s = Session::connect(cfg).await.expect("login with digests");
+    let data = Arc::new(seeded(0xd15c, 8 << 20));
+    s.write(1, 0, Bytes::copy_from_slice(&data[..4 << 20]))
+        .await
+        .unwrap();
+    s.write(1, 8192, Bytes::copy_from_slice(&data[4 << 20..]))
+        .await
+        .unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut handles = Vec::new();
+    for i in 0..256u64 {
+        let (s, data, permit) = (
+            s.clone(),
+            data.clone(),
+            sem.clone().acquire_owned().await.unwrap(),
+        );
+        handles.push(tokio::spawn(async move {
+            // 1 MiB, 4 KiB and 64 KiB reads at spread offsets.
+            let blocks: u32 = [2048, 8, 128][(i % 3) as usize];
+            let lba = (i * 7919) % (16384 - u64::from(blocks));
+            let (off, len) = (lba as usize * 512, blocks as usize * 512);
+            if i % 2 == 0 {
+                let cdb = oxiscsi_scsi::cdb::Cdb::Read16 {
+                    lba,
+                    blocks,
+                    fua: false,
+                    dpo: false,
+                }
+                .to_bytes();
+                let r = s.execute_discard(1, cdb, blocks * 512).await.unwrap();
+                assert_eq!(r.status, ScsiStatus::GOOD);
+                assert!(r.data.is_empty());
+            } else {
+                let got = s.read(1, lba, blocks).await.unwrap();
+                assert!(got[..] == data[off..off + len], "mismatch at {off}+{len}");
+            }
+            drop(permit);
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let cdb = oxiscsi_scsi::cdb::Cdb::Read16 {
+        lba: 16384,
+        blocks: 8,
+        fua: false,
+        dpo: false,
+    }
+    .to_bytes();
+    let r = s.execute_discard(1, cdb, 4096).await.unwrap();
+    assert_eq!(r.status, ScsiStatus::CHECK_CONDITION);
+    let sense = oxiscsi_scsi::Sense::parse(&r.sense).unwrap();
+    assert_eq!((sense.asc, sense.ascq), (0x21, 0x00));
+    s.logout().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r2t_paths_initial_r2t_and_several_outstanding() {
     let t = Tgtd::start();

@@ -201,6 +201,21 @@ impl Session {
         self.submit(cmd).await
     }
 
+    /// Like [`execute`](Self::execute) for a read whose data is not needed: the data is
+    /// checked (order, length, digests) and counted, then dropped, and `data` comes back
+    /// empty. Large payloads all land in one connection-wide scratch buffer, so this costs
+    /// what iscsi-perf's reads into one shared iovec cost: for benchmarks, path checks
+    /// (multipath's readsector0) and media scans.
+    pub async fn execute_discard(
+        &self,
+        lun: u16,
+        cdb: impl Into<Bytes>,
+        read_len: u32,
+    ) -> Result<ScsiResult, Error> {
+        let cmd = Command::new(Lun::from_number(lun), cdb).with_read_discarded(read_len);
+        self.submit(cmd).await
+    }
+
     /// Take a queue slot (released when the target answers, whatever the caller does)
     /// and hand the command to the driver.
     async fn send_command(

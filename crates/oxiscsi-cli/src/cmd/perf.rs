@@ -1,7 +1,8 @@
 //! `oxiscsi perf URL [-b BLOCKS] [-m QD] [-t SECONDS] [-r] [--write] [--json]`: the flags
 //! and meaning of libiscsi's iscsi-perf (blocks of the LUN's block size, READ(16)/
 //! WRITE(16), sequential wrapping at the end or random), plus writes, latency percentiles
-//! and client CPU.
+//! and client CPU. Like iscsi-perf (which reads every I/O into one shared iovec), read
+//! data is checked and dropped; `--own-buffers` keeps it, in a buffer per I/O slot.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +35,11 @@ pub struct Args {
     /// Write instead of read (destroys the LUN's contents).
     #[arg(long)]
     pub write: bool,
+    /// Read into one buffer per I/O slot and keep the data, instead of dropping it after
+    /// its checks (iscsi-perf reads every I/O into one shared buffer; this measures what
+    /// an application that keeps its data pays on top).
+    #[arg(long)]
+    pub own_buffers: bool,
     /// iscsi://[user[%password]@]host[:port]/target-iqn/lun
     pub url: String,
 }
@@ -58,6 +64,8 @@ struct Report {
     queue_depth: usize,
     random: bool,
     write: bool,
+    /// Reads kept in a buffer per I/O slot (`--own-buffers`) rather than dropped.
+    own_buffers: bool,
 }
 
 struct Worker {
@@ -125,7 +133,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
             done_ios.clone(),
             payload.clone(),
         );
-        let (blocks, random, write) = (args.blocks, args.random, args.write);
+        let (blocks, random, write, own) = (args.blocks, args.random, args.write, args.own_buffers);
         handles.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x9e37_79b9_7f4a_7c15);
             let mut wk = Worker {
@@ -137,8 +145,8 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
                 first_error: None,
             };
             let span = num_blocks - u64::from(blocks) + 1;
-            // One read buffer per worker, reused (as iscsi-perf reads into one iovec).
-            let mut buf = Some(bytes::BytesMut::with_capacity((blocks * bs) as usize));
+            // With --own-buffers: one read buffer per worker, reused.
+            let mut buf = own.then(|| bytes::BytesMut::with_capacity((blocks * bs) as usize));
             while !stop.load(Ordering::Relaxed) {
                 let lba = if random {
                     rng.gen_range(0..span)
@@ -164,13 +172,17 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
                         dpo: false,
                     }
                     .to_bytes();
-                    let b = buf.take().unwrap_or_default();
-                    s.execute_into(lun, cdb, blocks * bs, b).await
+                    if own {
+                        let b = buf.take().unwrap_or_default();
+                        s.execute_into(lun, cdb, blocks * bs, b).await
+                    } else {
+                        s.execute_discard(lun, cdb, blocks * bs).await
+                    }
                 };
                 let ns = t0.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
                 match r {
                     Ok(mut res) if res.status == ScsiStatus::GOOD => {
-                        if !write {
+                        if own && !write {
                             buf = std::mem::take(&mut res.data).try_into_mut().ok();
                         }
                         let _ = wk.hist.record(ns.max(1));
@@ -274,6 +286,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         queue_depth: args.max_in_flight,
         random: args.random,
         write: args.write,
+        own_buffers: args.own_buffers,
     };
     if opts.json {
         println!(

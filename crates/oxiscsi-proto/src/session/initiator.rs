@@ -114,6 +114,9 @@ enum State {
 /// How many ended task tags to remember, so late PDUs for tasks we gave up on (aborts,
 /// timeouts) are dropped rather than treated as unknown.
 const RECENT: usize = 512;
+/// Room after a discarded payload in the scratch buffer: padding (3), data digest (4) and
+/// the next header with its AHS room and digest, read together with the payload.
+const SCRATCH_SLACK: usize = 256;
 
 /// An initiator connection in the full feature phase.
 pub struct InitiatorConnection {
@@ -135,6 +138,9 @@ pub struct InitiatorConnection {
     logout_itt: Option<u32>,
     recent: VecDeque<u32>,
     stats: super::stats::ConnStats,
+    /// Where the payloads of discarding reads are placed, one after another (one buffer
+    /// for all of them, so it stays in cache).
+    scratch: bytes::BytesMut,
 }
 
 impl std::fmt::Debug for InitiatorConnection {
@@ -178,6 +184,7 @@ impl InitiatorConnection {
             logout_itt: None,
             recent: VecDeque::new(),
             stats: super::stats::ConnStats::default(),
+            scratch: bytes::BytesMut::new(),
         }
     }
 
@@ -782,6 +789,22 @@ impl InitiatorConnection {
         if task.cmd.read_length == 0 || d.data_sn != task.next_data_sn {
             return None;
         }
+        if task.cmd.discard_read {
+            if !task.fits_next(d.buffer_offset, len) {
+                return None;
+            }
+            // Room for the payload, its padding/digest and the next header, so the
+            // driver can take them in one read.
+            let want = len as usize + SCRATCH_SLACK;
+            let mut b = std::mem::take(&mut self.scratch);
+            b.clear();
+            if b.capacity() < want {
+                // Sized once for the largest payload we accept (MaxRecvDataSegmentLength).
+                let max = self.rx.max_recv_data_segment as usize + SCRATCH_SLACK;
+                b = bytes::BytesMut::with_capacity(want.max(max));
+            }
+            return Some(b);
+        }
         task.placement(d.buffer_offset, len)
     }
 
@@ -796,7 +819,13 @@ impl InitiatorConnection {
             self.timers.set(Timer::NopInterval, now + i);
         }
         let r = match self.tasks.get_mut(&d.itt) {
-            Some(task) => task.accept_placed(d.data_sn, d.buffer_offset, placed),
+            Some(task) => task
+                .accept_placed(d.data_sn, d.buffer_offset, placed)
+                .map(|back| {
+                    if let Some(b) = back {
+                        self.scratch = b;
+                    }
+                }),
             None => Err(ProtocolError::UnknownItt {
                 opcode: Opcode::DATA_IN,
                 itt: d.itt,

@@ -28,6 +28,10 @@ pub struct Command {
     /// A buffer for the data read, reused across commands by callers that recycle the
     /// returned `Bytes` (`Bytes::try_into_mut`), as libiscsi reads into a caller's iovec.
     pub read_into: Option<BytesMut>,
+    /// Check and count the data read, then drop it (no buffer per command): for reads
+    /// whose data nobody needs, as iscsi-perf lands every read in one shared buffer and
+    /// multipath's readsector0 checker throws the sector away.
+    pub discard_read: bool,
 }
 
 impl Command {
@@ -40,6 +44,7 @@ impl Command {
             attr: TaskAttr::Simple,
             timeout: None,
             read_into: None,
+            discard_read: false,
         }
     }
 
@@ -50,6 +55,14 @@ impl Command {
 
     pub fn with_read(mut self, len: u32) -> Self {
         self.read_length = len;
+        self
+    }
+
+    /// Read `len` bytes and drop them once checked: the result's `data` stays empty.
+    pub fn with_read_discarded(mut self, len: u32) -> Self {
+        self.read_length = len;
+        self.read_into = None;
+        self.discard_read = true;
         self
     }
 
@@ -159,6 +172,9 @@ impl Task {
             return Ok(());
         }
         self.data_in_len = offset + data.len() as u32;
+        if self.cmd.discard_read {
+            return Ok(());
+        }
         if self.read_buf.is_none() && self.cmd.read_into.is_some() {
             self.read_buf = Some(self.fresh_read_buf());
         }
@@ -188,10 +204,9 @@ impl Task {
     /// belongs, so a driver can read it from the socket in place. `None` when the
     /// payload is not the next in order or does not fit (the normal path then reports
     /// the violation).
+    /// A discarding read has no buffer: `None` (see [`Task::fits_next`]).
     pub fn placement(&mut self, offset: u32, len: u32) -> Option<BytesMut> {
-        if offset != self.data_in_len
-            || u64::from(offset) + u64::from(len) > u64::from(self.cmd.read_length)
-        {
+        if !self.fits_next(offset, len) || self.cmd.discard_read {
             return None;
         }
         if self.read_buf.is_none() {
@@ -205,21 +220,31 @@ impl Task {
         Some(buf.split_off(offset as usize))
     }
 
-    /// Take back a placed payload (filled by the driver) after the PDU's checks.
+    /// Whether a payload of `len` bytes at `offset` is the next in order and fits.
+    pub fn fits_next(&self, offset: u32, len: u32) -> bool {
+        offset == self.data_in_len
+            && u64::from(offset) + u64::from(len) <= u64::from(self.cmd.read_length)
+    }
+
+    /// Take back a placed payload (filled by the driver) after the PDU's checks. A
+    /// discarding read hands the buffer back (`Some`) for the next placement.
     pub fn accept_placed(
         &mut self,
         data_sn: u32,
         offset: u32,
         placed: BytesMut,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<BytesMut>, ProtocolError> {
         self.check_data_in(data_sn, offset, placed.len())?;
         self.data_in_len = offset + placed.len() as u32;
+        if self.cmd.discard_read {
+            return Ok(Some(placed));
+        }
         match &mut self.read_buf {
             // Contiguous with what is there, from the same allocation: O(1).
             Some(buf) => buf.unsplit(placed),
             None => self.read_buf = Some(placed),
         }
-        Ok(())
+        Ok(None)
     }
 
     fn check_data_in(

@@ -135,6 +135,66 @@ fn read_with_status_in_last_data_in() {
     );
 }
 
+/// A discarding read is checked and counted like any other, its data dropped; placed
+/// payloads of several reads share one scratch buffer.
+#[test]
+fn discarded_read_checks_counts_and_reuses_one_buffer() {
+    let now = Instant::now();
+    let mut c = conn(now);
+    let cmd = |len| read_cmd(len).with_read_discarded(len);
+    let a = c.submit(now, cmd(2048)).unwrap();
+    let b = c.submit(now, cmd(2048)).unwrap();
+    assert_eq!(drain(&mut c).len(), 2);
+    // First half of `a` through the normal path, second half placed.
+    c.handle_pdu(now, data_in(a.0, 0, 0, &[1u8; 1024], None));
+    let Pdu::DataIn(mut hdr) = data_in(a.0, 1, 1024, &[], Some((10, ScsiStatus::GOOD))) else {
+        unreachable!()
+    };
+    hdr.data = Bytes::new();
+    // Out of order: no place for it (the normal path reports the violation).
+    let mut wrong = hdr.clone();
+    wrong.buffer_offset = 512;
+    assert!(c.data_in_placement(&wrong, 1024).is_none());
+    let mut place = c
+        .data_in_placement(&hdr, 1024)
+        .expect("a place for the payload");
+    assert!(
+        place.capacity() >= 1024 + 52,
+        "room for the tail and the next header"
+    );
+    let first = place.as_ptr();
+    place.extend_from_slice(&[2u8; 1024]);
+    c.handle_placed_data_in(now, hdr, place);
+    let Pdu::DataIn(mut hdr) = data_in(b.0, 0, 0, &[], Some((11, ScsiStatus::GOOD))) else {
+        unreachable!()
+    };
+    hdr.data = Bytes::new();
+    let mut place = c
+        .data_in_placement(&hdr, 2048)
+        .expect("a place for the payload");
+    assert_eq!(place.as_ptr(), first, "the same scratch buffer again");
+    place.extend_from_slice(&[3u8; 2048]);
+    c.handle_placed_data_in(now, hdr, place);
+    let ev = events(&mut c);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for e in &ev {
+        let Event::Completed { result: Ok(r), .. } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(r.status, ScsiStatus::GOOD);
+        assert!(r.data.is_empty());
+    }
+    assert_eq!(c.stats().rx_data_octets, 4096);
+    // A discarding read that gets more than it asked for still fails the connection.
+    let d = c.submit(now, cmd(512)).unwrap();
+    drain(&mut c);
+    c.handle_pdu(
+        now,
+        data_in(d.0, 0, 0, &[0u8; 1024], Some((12, ScsiStatus::GOOD))),
+    );
+    assert!(events(&mut c).iter().any(|e| matches!(e, Event::Failed(_))));
+}
+
 #[test]
 fn check_condition_with_sense_and_underflow() {
     let now = Instant::now();
