@@ -43,6 +43,9 @@ def perf(url, bs, qd, rnd, wr, secs):
         c.append("-r")
     if wr:
         c.append("--write")
+    else:
+        # Keep what is read, as fio's buffers do (perf drops reads by default, as iscsi-perf).
+        c.append("--own-buffers")
     t0 = os.times()
     out = subprocess.run(c + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True).stdout
     t1 = os.times()
@@ -139,7 +142,8 @@ def render(rows, a):
         "",
         f"Same run, A/B interleaved, {a.rounds} rounds x {a.seconds} s, medians; our target on CPU 1, "
         f"client (oxiscsid + fio, or oxiscsi perf) on CPU 0; {fio_v}, --direct=1; LUN: {a.lun_mib} MiB "
-        "file on tmpfs. Overhead = perf throughput / fio throughput (1.00 = none). "
+        "file on tmpfs. `oxiscsi perf --own-buffers` (reads kept, as fio keeps them). "
+        "Overhead = perf throughput / fio throughput (1.00 = none). "
         "CPU us/IO: client user+system time per IO (oxiscsid included for fio).",
         "",
         "| workload | oxiscsi perf | fio io_uring | overhead | fio psync | overhead | CPU us/IO perf / fio io_uring |",

@@ -12,6 +12,13 @@ use std::time::Duration;
 
 use oxiscsi_admin::daemon::{self, conf::DaemonConf, Daemon, Paths};
 
+/// mimalloc instead of glibc malloc, as in the `oxiscsi` CLI: glibc trims freed 1 MiB
+/// read buffers back to the kernel (MADV_DONTNEED) and every next read faults their
+/// pages in again (do_anonymous_page was ~7% of the client CPU serving 1 MiB reads
+/// through FUSE).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str =
     "usage: oxiscsid [-f|--foreground] [-d|--debug LEVEL] [-c|--config FILE] [--root DIR]
   -f          stay in the foreground, log to stderr
