@@ -1,9 +1,14 @@
 """Helpers shared by the bench/ scripts: free ports, a random-filled LUN file on tmpfs,
 a tgtd started and configured on its own control port, medians, and rewriting one
 marked section of BENCHMARKS.md."""
-import os, re, socket, statistics, subprocess, tempfile, time
+import os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A benchmark stopped with SIGTERM (kill, pkill, a CI timeout) still runs its `finally`
+# blocks: logs out, stops its daemon and target, removes its LUN files. Python's default
+# SIGTERM action skips them and left a daemon, its FUSE mount and a loop device behind.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def free_port():

@@ -440,6 +440,35 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     assert_eq!(code, 21);
 }
 
+/// SIGTERM while a process still holds a LUN's loop device open: the daemon logs out,
+/// and the busy LUN filesystem is detached lazily instead of being left behind as a dead
+/// mount ("Transport endpoint is not connected") that nothing can remove.
+#[test]
+fn sigterm_with_a_device_held_open_leaves_no_dead_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = OurTarget::start(dir.path());
+    let root = dir.path().join("root");
+    let mut daemon = Daemon::start(&root);
+    ok(
+        &root,
+        &["-m", "discovery", "-t", "st", "-p", &target.portal],
+    );
+    ok(&root, &["-m", "node", "-T", IQN, "-l"]);
+    let dev = device_of(&root, &target.portal, IQN, 1);
+    let held = std::fs::File::open(&dev).unwrap();
+    daemon.stop();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let luns = root.join("run/luns");
+    assert!(
+        !mounts.contains(luns.to_str().unwrap()),
+        "{} is still mounted after the daemon stopped:\n{}",
+        luns.display(),
+        daemon.log()
+    );
+    assert!(daemon.log().contains("logged out"), "{}", daemon.log());
+    drop(held);
+}
+
 #[test]
 fn tgtd_login_devices_nr_sessions_and_logout() {
     let tgt = common::Tgtd::start();

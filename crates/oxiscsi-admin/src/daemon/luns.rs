@@ -478,10 +478,7 @@ impl Attacher {
         // A mount left by a daemon that died answers ENOTCONN: take it down first.
         if std::fs::metadata(&mount).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
             tracing::warn!("{} is a dead FUSE mount; unmounting it", mount.display());
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&mount)
-                .status();
+            lazy_unmount(&mount);
         }
         std::fs::create_dir_all(&mount)
             .map_err(|e| format!("cannot create {}: {e}", mount.display()))?;
@@ -770,15 +767,35 @@ impl Attacher {
         }
     }
 
-    /// Unmount the LUN filesystem (after every session is gone).
+    /// Unmount the LUN filesystem (after every session is gone). When it is still busy
+    /// (a process that had a loop device open when the daemon was told to stop keeps the
+    /// detached device, and so its file, open until it exits), detach it lazily: the
+    /// kernel takes it down once the last user is gone, instead of the daemon leaving a
+    /// dead mount ("Transport endpoint is not connected") that `rm -rf` cannot remove.
     pub fn shutdown(&self) {
         if let Ok(mut s) = self.session.lock() {
             if let Some(s) = s.take() {
                 if let Err(e) = s.umount_and_join() {
-                    tracing::warn!("unmounting the LUN filesystem: {e}");
+                    tracing::warn!("unmounting the LUN filesystem: {e}; detaching it lazily");
+                    if let Some(mount) = &self.mount {
+                        lazy_unmount(mount);
+                    }
                 }
             }
         }
+    }
+}
+
+/// `umount -l`: detach the mount now, tear it down when its last user is gone.
+fn lazy_unmount(mount: &Path) {
+    match std::process::Command::new("umount")
+        .arg("-l")
+        .arg(mount)
+        .status()
+    {
+        Ok(st) if st.success() => {}
+        Ok(st) => tracing::warn!("umount -l {} failed ({st})", mount.display()),
+        Err(e) => tracing::warn!("cannot run umount -l {}: {e}", mount.display()),
     }
 }
 
