@@ -55,6 +55,7 @@ impl Command {
 
     pub fn with_read(mut self, len: u32) -> Self {
         self.read_length = len;
+        self.discard_read = false;
         self
     }
 
@@ -70,6 +71,7 @@ impl Command {
     pub fn with_read_into(mut self, len: u32, buf: BytesMut) -> Self {
         self.read_length = len;
         self.read_into = Some(buf);
+        self.discard_read = false;
         self
     }
 }
