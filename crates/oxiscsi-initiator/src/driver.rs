@@ -1,374 +1,318 @@
-//! The connection driver: a loop that reads the socket, feeds the core, writes what it
-//! polls and sleeps until its deadline (STYLE §3). No protocol decision is made here.
+//! The connection's shared state and its driver, in quinn's shape (STYLE §3): the
+//! protocol core sits behind one mutex; a caller locks it, submits its command and, when
+//! nothing else is in flight, writes the PDU itself; the driver task reads the socket,
+//! feeds the core, runs its timer and writes what callers left queued. Completions go
+//! straight to the waiting caller's waker. No protocol decision is made here.
+//!
+//! Why not a channel to a driver task: every command then cost two task hops (caller →
+//! driver → socket, socket → driver → caller) and a channel send, a semaphore permit and a
+//! oneshot; perf showed that bookkeeping as most of the initiator's user-space time.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use oxiscsi_proto::pdu::{Framer, Lun, TmfFunction, TmfResponse};
-use oxiscsi_proto::session::{Command, ConnStats, Event, InitiatorConnection, ScsiResult, TaskId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use oxiscsi_proto::pdu::{Framer, TmfResponse};
+use oxiscsi_proto::Digest;
+use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use crate::error::Error;
 use crate::rx::Reader;
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
+/// Most buffers handed to one `writev`.
+const MAX_IOV: usize = 64;
+/// Reads per driver wake-up before it lets the callers it woke run.
+const MORE_READS: usize = 16;
 
-pub(crate) enum Request {
-    Command {
-        cmd: Command,
-        reply: Reply<ScsiResult>,
-        permit: OwnedSemaphorePermit,
-        /// Told the task's id once the core has taken the command (for ABORT TASK).
-        id: Option<oneshot::Sender<TaskId>>,
-    },
-    Tmf {
-        function: TmfFunction,
-        lun: Lun,
-        referenced: Option<TaskId>,
-        reply: Reply<TmfResponse>,
-    },
-    Text {
-        pairs: Vec<(String, String)>,
-        reply: Reply<Vec<(String, String)>>,
-    },
-    Logout {
-        reply: Reply<()>,
-    },
-    /// A snapshot of the connection's counters.
-    Stats {
-        reply: oneshot::Sender<ConnStats>,
-    },
+/// What a finished exchange hands its caller.
+pub(crate) enum Outcome {
+    Scsi(Result<ScsiResult, Error>),
+    Tmf(Result<TmfResponse, Error>),
+    Text(Result<Vec<(String, String)>, Error>),
 }
 
-enum Waiter {
-    Command(Reply<ScsiResult>, OwnedSemaphorePermit),
-    Tmf(Reply<TmfResponse>),
-    Text(Reply<Vec<(String, String)>>),
+struct Waiter {
+    waker: Option<Waker>,
+    outcome: Option<Outcome>,
+    /// A SCSI command holding one of the session's queue slots until the target answers.
+    holds_slot: bool,
+    /// False once the caller stopped waiting (its future was dropped): the outcome is
+    /// dropped when it comes.
+    listening: bool,
 }
 
-/// Shared state the handle reads.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
+/// Everything callers and the driver share, behind [`Shared::core`].
+pub(crate) struct Core {
+    pub conn: InitiatorConnection,
+    hd: Digest,
+    dd: Digest,
+    /// Encoded PDUs not yet written, in wire order.
+    outq: VecDeque<Bytes>,
+    waiters: HashMap<TaskId, Waiter>,
+    /// Commands holding a queue slot, and how many may (like open-iscsi's cmds_max).
+    active: usize,
+    queue_depth: usize,
+    /// Callers waiting for a slot, first come first served.
+    slot_queue: VecDeque<(u64, Waker)>,
+    next_ticket: u64,
+    /// The driver's waker, and whether a caller has already asked it to run.
+    driver: Option<Waker>,
+    kicked: bool,
+    /// The deadline the driver's timer is set to.
+    armed: Option<Instant>,
+    portal: String,
+    failure: Option<String>,
+    logged_out: bool,
     /// Why the session ended, once it has.
     pub closed: Option<String>,
 }
 
-/// Wakes [`crate::Session::closed`] waiters when the driver ends.
-pub(crate) type ClosedSignal = Arc<tokio::sync::Notify>;
-
-const MAX_IOV: usize = 64;
-
-pub(crate) async fn run(
-    mut conn: InitiatorConnection,
+pub(crate) struct Shared {
+    pub core: Mutex<Core>,
+    /// Read only by the driver; written under the core's lock, so PDUs never interleave.
     stream: TcpStream,
-    leftover: BytesMut,
-    mut rx: mpsc::Receiver<Request>,
-    shared: Arc<Mutex<Shared>>,
-    portal: String,
-    closed_signal: ClosedSignal,
-) {
-    let (mut rd, mut wr) = stream.into_split();
-    let framer: Framer = conn.rx_framer();
-    let (hd, dd) = conn.tx_digests();
-    let mut outq: VecDeque<Bytes> = VecDeque::new();
-    let mut waiters: HashMap<TaskId, Waiter> = HashMap::new();
-    let mut logout_waiters: Vec<Reply<()>> = Vec::new();
-    let mut failure: Option<String> = None;
-    let mut accepting = true;
-    let mut reader = Reader::new(framer, leftover);
-    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
-    tokio::pin!(sleep);
-    let mut armed: Option<tokio::time::Instant> = None;
-    // Bytes that arrived with the final Login Response.
-    reader.feed(&mut conn);
-    loop {
-        while let Some(pdu) = conn.poll_transmit() {
-            let enc = Framer::encode(&pdu, hd, dd);
-            outq.push_back(enc.head.clone());
-            if !enc.data.is_empty() {
-                outq.push_back(enc.data.clone());
-            }
-            if !enc.tail().is_empty() {
-                outq.push_back(Bytes::copy_from_slice(enc.tail()));
+    /// Wakes [`crate::Session::closed`] waiters when the driver ends.
+    pub closed_signal: Notify,
+    span: tracing::Span,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        conn: InitiatorConnection,
+        stream: TcpStream,
+        queue_depth: usize,
+        span: tracing::Span,
+        portal: String,
+    ) -> Arc<Shared> {
+        let (hd, dd) = conn.tx_digests();
+        Arc::new(Shared {
+            core: Mutex::new(Core {
+                conn,
+                hd,
+                dd,
+                outq: VecDeque::new(),
+                waiters: HashMap::new(),
+                active: 0,
+                queue_depth: queue_depth.max(1),
+                slot_queue: VecDeque::new(),
+                next_ticket: 0,
+                driver: None,
+                kicked: false,
+                armed: None,
+                portal: portal.clone(),
+                failure: None,
+                logged_out: false,
+                closed: None,
+            }),
+            stream,
+            closed_signal: Notify::new(),
+            span,
+        })
+    }
+
+    /// The lock is only poisoned by a panic while holding it; the core's state is still
+    /// whole then (it is never left half-updated across a call), so go on with it.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a caller changed the core: queue what it produced, then write it now when
+    /// nothing else is in flight (QD1: no task hop), else leave it to the driver, which
+    /// runs after the other callers woken with this one and writes all of theirs in one
+    /// `writev` (strace before batching: one writev per command).
+    pub(crate) fn after_call(&self, core: &mut Core) {
+        core.pump(&self.span);
+        if !core.outq.is_empty() {
+            if core.conn.in_flight() <= 1 {
+                core.flush(&self.stream);
+            } else {
+                core.kick();
             }
         }
-        while let Some(ev) = conn.poll_event() {
+        if core.conn.is_closed() {
+            core.kick();
+        } else if let Some(at) = core.conn.poll_timeout() {
+            if core.armed.is_none_or(|armed| at < armed) {
+                core.kick();
+            }
+        }
+    }
+
+    /// The error callers get once the session has ended.
+    pub(crate) fn closed_error(&self) -> Error {
+        let why = self
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "session ended".into());
+        Error::Closed(why)
+    }
+}
+
+impl Core {
+    /// Register a caller's exchange, already accepted by the core.
+    pub(crate) fn add_waiter(&mut self, id: TaskId, waker: Option<Waker>, holds_slot: bool) {
+        self.waiters.insert(
+            id,
+            Waiter {
+                waker,
+                outcome: None,
+                holds_slot,
+                listening: true,
+            },
+        );
+    }
+
+    pub(crate) fn logged_out(&self) -> bool {
+        self.logged_out
+    }
+
+    /// Ask the driver to run (to write, re-arm its timer or end).
+    fn kick(&mut self) {
+        if !self.kicked {
+            self.kicked = true;
+            if let Some(w) = &self.driver {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Move the core's output to the write queue and its events to their callers.
+    fn pump(&mut self, span: &tracing::Span) {
+        while let Some(pdu) = self.conn.poll_transmit() {
+            let enc = Framer::encode(&pdu, self.hd, self.dd);
+            let tail = (!enc.tail().is_empty()).then(|| Bytes::copy_from_slice(enc.tail()));
+            self.outq.push_back(enc.head);
+            if !enc.data.is_empty() {
+                self.outq.push_back(enc.data);
+            }
+            if let Some(tail) = tail {
+                self.outq.push_back(tail);
+            }
+        }
+        while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::Completed { id, result } => {
-                    if let Some(Waiter::Command(reply, permit)) = waiters.remove(&id) {
-                        let _ = reply.send(result.map_err(Error::Task));
-                        drop(permit);
-                    }
+                    self.complete(id, Outcome::Scsi(result.map_err(Error::Task)))
                 }
                 Event::TmfCompleted { id, response } => {
-                    if let Some(Waiter::Tmf(reply)) = waiters.remove(&id) {
-                        let _ = reply.send(Ok(response));
-                    }
+                    self.complete(id, Outcome::Tmf(Ok(response)))
                 }
                 Event::TextCompleted { id, result } => {
-                    if let Some(Waiter::Text(reply)) = waiters.remove(&id) {
-                        let _ = reply.send(result.map_err(Error::Task));
-                    }
+                    self.complete(id, Outcome::Text(result.map_err(Error::Task)))
                 }
                 Event::Async {
                     event, lun, sense, ..
-                } => {
-                    tracing::info!(%event, ?lun, sense_len = sense.len(), "asynchronous event from target");
-                }
-                Event::LogoutRequested { within } => {
-                    tracing::warn!(?within, "target requested logout; draining and logging out");
-                }
+                } => span.in_scope(|| {
+                    tracing::info!(%event, ?lun, sense_len = sense.len(), "asynchronous event from target")
+                }),
+                Event::LogoutRequested { within } => span.in_scope(|| {
+                    tracing::warn!(?within, "target requested logout; draining and logging out")
+                }),
                 Event::LoggedOut {
                     response,
                     time2wait,
                     ..
                 } => {
-                    tracing::info!(%response, time2wait, "logged out");
-                    for r in logout_waiters.drain(..) {
-                        let _ = r.send(Ok(()));
-                    }
-                    failure.get_or_insert_with(|| "logged out".to_string());
+                    span.in_scope(|| tracing::info!(%response, time2wait, "logged out"));
+                    self.logged_out = true;
+                    self.failure.get_or_insert_with(|| "logged out".to_string());
                 }
                 Event::Failed(e) => {
-                    tracing::warn!(error = %e, "connection failed");
-                    failure = Some(format!("connection to {portal} failed: {e}"));
+                    span.in_scope(|| tracing::warn!(error = %e, "connection failed"));
+                    self.failure = Some(format!("connection to {} failed: {e}", self.portal));
                 }
             }
         }
-        if conn.is_closed() {
-            // Flush what is queued (a final NOP answer, say) without waiting long.
-            if !outq.is_empty() {
-                let _ = tokio::time::timeout(std::time::Duration::from_millis(200), async {
-                    while let Some(b) = outq.pop_front() {
-                        if wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-            break;
-        }
-        // Send what we can without waiting; the select below waits only if the socket
-        // is full.
-        while !outq.is_empty() {
-            let slices: Vec<IoSlice<'_>> =
-                outq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
-            match wr.as_ref().try_write_vectored(&slices) {
-                Ok(0) => break,
-                Ok(n) => advance(&mut outq, n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    conn.handle_closed(&format!("write error: {e}"));
-                    break;
-                }
-            }
-        }
-        if conn.is_closed() {
-            continue;
-        }
-        let deadline = conn.poll_timeout().map(tokio::time::Instant::from_std);
-        if deadline != armed {
-            // Re-arm the one timer only when the core's deadline moves.
-            if let Some(at) = deadline {
-                sleep.as_mut().reset(at);
-            }
-            armed = deadline;
-        }
-        let (read_into, limit) = reader.target();
-        let mut limited = (&mut rd).take(limit);
-        tokio::select! {
-            r = limited.read_buf(read_into) => match r {
-                Ok(0) => conn.handle_closed("the target closed the TCP connection"),
-                Ok(_) => {
-                    reader.feed(&mut conn);
-                    read_more(&rd, &mut reader, &mut conn);
-                }
-                Err(e) => conn.handle_closed(&format!("read error: {e}")),
-            },
-            w = write_some(&mut wr, &outq), if !outq.is_empty() => match w {
-                Ok(n) => advance(&mut outq, n),
-                Err(e) => conn.handle_closed(&format!("write error: {e}")),
-            },
-            req = rx.recv(), if accepting => match req {
-                Some(req) => {
-                    submit(&mut conn, req, &mut waiters, &mut logout_waiters);
-                    // tokio runs a task woken by the running one next (its LIFO slot),
-                    // so without this the driver would flush after every single send:
-                    // one writev per command (strace: 312K writev for 310K commands).
-                    // Yield once so the other callers woken by the last read queue their
-                    // commands, then take them all and write them together. With nothing
-                    // else in flight no other caller is about to submit: skip it (QD1).
-                    if conn.in_flight() > 1 {
-                        tokio::task::yield_now().await;
-                    }
-                    for _ in 0..MAX_IOV * 4 {
-                        match rx.try_recv() {
-                            Ok(req) => submit(&mut conn, req, &mut waiters, &mut logout_waiters),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                None => {
-                    // Every handle is gone: log out cleanly.
-                    accepting = false;
-                    conn.logout(Instant::now());
-                }
-            },
-            _ = &mut sleep, if armed.is_some() => {
-                armed = None;
-                conn.handle_timeout(Instant::now());
-            }
-        }
     }
-    let reason = failure.unwrap_or_else(|| "connection closed".into());
-    if let Ok(mut s) = shared.lock() {
-        s.closed = Some(reason.clone());
-    }
-    closed_signal.notify_waiters();
-    for (_, w) in waiters.drain() {
-        let e = || Error::Closed(reason.clone());
-        match w {
-            Waiter::Command(r, _) => {
-                let _ = r.send(Err(e()));
-            }
-            Waiter::Tmf(r) => {
-                let _ = r.send(Err(e()));
-            }
-            Waiter::Text(r) => {
-                let _ = r.send(Err(e()));
-            }
-        }
-    }
-    for r in logout_waiters.drain(..) {
-        let _ = r.send(Err(Error::Closed(reason.clone())));
-    }
-    rx.close();
-    while let Ok(req) = rx.try_recv() {
-        reject(req, &reason);
-    }
-}
 
-/// Reads at most this many times more after a wake-up before going back to the loop.
-const MORE_READS: usize = 16;
-
-/// After a read, keep reading what the socket already holds, without going back through
-/// the `select!` (which re-registers every waker and checks the timers each time: perf
-/// showed that bookkeeping as most of the driver's user-space time on 1 MiB reads, which
-/// arrive in ~9 reads each). Stops at the first `WouldBlock`, or after [`MORE_READS`] so
-/// completions and queued commands are not held back.
-fn read_more(
-    rd: &tokio::net::tcp::OwnedReadHalf,
-    reader: &mut Reader,
-    conn: &mut InitiatorConnection,
-) {
-    for _ in 0..MORE_READS {
-        if conn.is_closed() {
+    fn complete(&mut self, id: TaskId, outcome: Outcome) {
+        let Some(w) = self.waiters.get_mut(&id) else {
             return;
+        };
+        let holds_slot = std::mem::take(&mut w.holds_slot);
+        if w.listening {
+            w.outcome = Some(outcome);
+            if let Some(k) = w.waker.take() {
+                k.wake();
+            }
+        } else {
+            self.waiters.remove(&id);
         }
-        let (into, limit) = reader.target();
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        match rd.as_ref().try_read_buf(&mut into.limit(limit)) {
-            Ok(0) => return conn.handle_closed("the target closed the TCP connection"),
-            Ok(_) => reader.feed(conn),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) => return conn.handle_closed(&format!("read error: {e}")),
+        if holds_slot {
+            self.release_slot();
         }
     }
-}
 
-fn reject(req: Request, reason: &str) {
-    let e = || Error::Closed(reason.to_string());
-    match req {
-        Request::Command { reply, .. } => {
-            let _ = reply.send(Err(e()));
+    fn release_slot(&mut self) {
+        self.active = self.active.saturating_sub(1);
+        if let Some((_, w)) = self.slot_queue.front() {
+            w.wake_by_ref();
         }
-        Request::Tmf { reply, .. } => {
-            let _ = reply.send(Err(e()));
-        }
-        Request::Text { reply, .. } => {
-            let _ = reply.send(Err(e()));
-        }
-        Request::Logout { reply } => {
-            let _ = reply.send(Ok(()));
-        }
-        Request::Stats { .. } => {}
     }
-}
 
-fn submit(
-    conn: &mut InitiatorConnection,
-    req: Request,
-    waiters: &mut HashMap<TaskId, Waiter>,
-    logout_waiters: &mut Vec<Reply<()>>,
-) {
-    let now = Instant::now();
-    match req {
-        Request::Command {
-            cmd,
-            reply,
-            permit,
-            id: tell,
-        } => match conn.submit(now, cmd) {
-            Ok(id) => {
-                if let Some(tell) = tell {
-                    let _ = tell.send(id);
+    /// Write what is queued without waiting. A full socket leaves the rest for the
+    /// driver, which waits until it is writable.
+    fn flush(&mut self, stream: &TcpStream) {
+        while !self.outq.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.outq.len().min(MAX_IOV);
+            for (s, b) in slices.iter_mut().zip(self.outq.iter()) {
+                *s = IoSlice::new(b);
+            }
+            match stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    self.conn.handle_closed("the socket accepted no bytes");
+                    return self.kick();
                 }
-                waiters.insert(id, Waiter::Command(reply, permit));
+                Ok(n) => advance(&mut self.outq, n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return self.kick(),
+                Err(e) => {
+                    self.conn.handle_closed(&format!("write error: {e}"));
+                    return self.kick();
+                }
             }
-            Err(e) => {
-                let _ = reply.send(Err(Error::Task(e)));
-            }
-        },
-        Request::Tmf {
-            function,
-            lun,
-            referenced,
-            reply,
-        } => match conn.submit_tmf(now, function, lun, referenced) {
-            Ok(id) => {
-                waiters.insert(id, Waiter::Tmf(reply));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(Error::Task(e)));
-            }
-        },
-        Request::Text { pairs, reply } => match conn.send_text(now, &pairs) {
-            Ok(id) => {
-                waiters.insert(id, Waiter::Text(reply));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(Error::Task(e)));
-            }
-        },
-        Request::Logout { reply } => {
-            logout_waiters.push(reply);
-            conn.logout(now);
-        }
-        Request::Stats { reply } => {
-            let _ = reply.send(conn.stats());
         }
     }
-}
 
-async fn write_some(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    outq: &VecDeque<Bytes>,
-) -> std::io::Result<usize> {
-    let slices: Vec<IoSlice<'_>> = outq.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
-    let n = wr.write_vectored(&slices).await?;
-    if n == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WriteZero,
-            "socket accepted no bytes",
-        ));
+    /// Look for a caller's outcome; register its waker when there is none yet.
+    fn poll_outcome(&mut self, id: TaskId, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(w) = self.waiters.get_mut(&id) else {
+            // Only a driver that ended and already failed every waiter gets here.
+            let why = self.closed.clone().unwrap_or_else(|| "session ended".into());
+            return Poll::Ready(Outcome::Scsi(Err(Error::Closed(why))));
+        };
+        if let Some(o) = w.outcome.take() {
+            self.waiters.remove(&id);
+            return Poll::Ready(o);
+        }
+        match &w.waker {
+            Some(k) if k.will_wake(cx.waker()) => {}
+            _ => w.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
-    Ok(n)
+
+    /// The caller stopped waiting: the command still runs to its end at the target (and
+    /// keeps its queue slot until then), its outcome is dropped.
+    fn forget(&mut self, id: TaskId) {
+        if let Some(w) = self.waiters.get_mut(&id) {
+            if w.outcome.is_some() {
+                self.waiters.remove(&id);
+            } else {
+                w.listening = false;
+                w.waker = None;
+            }
+        }
+    }
 }
 
 fn advance(outq: &mut VecDeque<Bytes>, mut n: usize) {
@@ -386,12 +330,350 @@ fn advance(outq: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
-/// The error callers get once the driver has ended.
-pub(crate) fn closed_error(shared: &Mutex<Shared>) -> Error {
-    let why = shared
-        .lock()
-        .ok()
-        .and_then(|s| s.closed.clone())
-        .unwrap_or_else(|| "session ended".into());
-    Error::Closed(why)
+/// Read what the socket holds (bounded), feeding the core after each read. The lock
+/// taken for feeding is kept in `guard` for the caller, and over the next small read
+/// (one lock per wake-up, not one per read), but not over a large payload's read.
+/// Returns true when reading stopped early with more possibly waiting.
+fn read<'a>(
+    shared: &'a Shared,
+    reader: &mut Reader,
+    cx: &mut Context<'_>,
+    guard: &mut Option<MutexGuard<'a, Core>>,
+) -> bool {
+    let stream = &shared.stream;
+    for _ in 0..MORE_READS {
+        if reader.reads_large() {
+            *guard = None;
+        }
+        let (into, limit) = reader.target();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let why = match stream.try_read_buf(&mut into.limit(limit)) {
+            Ok(0) => "the target closed the TCP connection".to_string(),
+            Ok(_) => {
+                let core = guard.get_or_insert_with(|| shared.lock());
+                reader.feed(&mut core.conn);
+                if core.conn.is_closed() {
+                    return false;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => format!("read error: {e}"),
+                }
+            }
+            Err(e) => format!("read error: {e}"),
+        };
+        guard
+            .get_or_insert_with(|| shared.lock())
+            .conn
+            .handle_closed(&why);
+        return false;
+    }
+    true
+}
+
+/// Takes a queue slot (first come, first served) and submits one SCSI command; resolves
+/// to its task id. The command's waiter is registered with this future's waker, so the
+/// caller that goes on to [`Wait`] is woken by its completion without another lock.
+pub(crate) struct Submit {
+    shared: Arc<Shared>,
+    cmd: Option<Command>,
+    ticket: Option<u64>,
+}
+
+impl Submit {
+    pub(crate) fn new(shared: Arc<Shared>, cmd: Command) -> Submit {
+        Submit {
+            shared,
+            cmd: Some(cmd),
+            ticket: None,
+        }
+    }
+}
+
+impl Future for Submit {
+    type Output = Result<TaskId, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let shared = this.shared.clone();
+        let mut core = shared.lock();
+        if let Some(why) = &core.closed {
+            return Poll::Ready(Err(Error::Closed(why.clone())));
+        }
+        let first = match this.ticket {
+            None => core.slot_queue.is_empty(),
+            Some(t) => core.slot_queue.front().is_some_and(|(f, _)| *f == t),
+        };
+        if !first || core.active >= core.queue_depth {
+            match this.ticket {
+                None => {
+                    let t = core.next_ticket;
+                    core.next_ticket += 1;
+                    core.slot_queue.push_back((t, cx.waker().clone()));
+                    this.ticket = Some(t);
+                }
+                Some(t) => {
+                    if let Some((_, w)) = core.slot_queue.iter_mut().find(|(x, _)| *x == t) {
+                        if !w.will_wake(cx.waker()) {
+                            *w = cx.waker().clone();
+                        }
+                    }
+                }
+            }
+            return Poll::Pending;
+        }
+        if this.ticket.take().is_some() {
+            core.slot_queue.pop_front();
+        }
+        let Some(cmd) = this.cmd.take() else {
+            return Poll::Ready(Err(Error::Closed("command already submitted".into())));
+        };
+        core.active += 1;
+        if core.active < core.queue_depth {
+            // More slots are free: let the next caller in line take one.
+            if let Some((_, w)) = core.slot_queue.front() {
+                w.wake_by_ref();
+            }
+        }
+        match core.conn.submit(Instant::now(), cmd) {
+            Ok(id) => {
+                core.add_waiter(id, Some(cx.waker().clone()), true);
+                shared.after_call(&mut core);
+                Poll::Ready(Ok(id))
+            }
+            Err(e) => {
+                core.release_slot();
+                Poll::Ready(Err(Error::Task(e)))
+            }
+        }
+    }
+}
+
+impl Drop for Submit {
+    fn drop(&mut self) {
+        let Some(t) = self.ticket else { return };
+        let mut core = self.shared.lock();
+        let was_first = core.slot_queue.front().is_some_and(|(f, _)| *f == t);
+        core.slot_queue.retain(|(x, _)| *x != t);
+        if was_first && core.active < core.queue_depth {
+            if let Some((_, w)) = core.slot_queue.front() {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
+/// Waits for the outcome of an exchange the core accepted. Dropping it leaves the
+/// session consistent: the exchange ends at the target and its outcome is dropped.
+pub(crate) struct Wait {
+    shared: Arc<Shared>,
+    id: TaskId,
+    done: bool,
+    /// The waiter already holds this task's waker (registered by [`Submit`] in the same
+    /// poll), so the first poll need not look.
+    registered: bool,
+}
+
+impl Wait {
+    pub(crate) fn new(shared: Arc<Shared>, id: TaskId) -> Wait {
+        Wait {
+            shared,
+            id,
+            done: false,
+            registered: false,
+        }
+    }
+
+    /// For the task that just ran [`Submit`] to completion and polls this next, in the
+    /// same poll: the completion wakes that waker, so the first poll returns at once.
+    pub(crate) fn after_submit(shared: Arc<Shared>, id: TaskId) -> Wait {
+        let mut w = Wait::new(shared, id);
+        w.registered = true;
+        w
+    }
+}
+
+impl Future for Wait {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        if std::mem::take(&mut this.registered) {
+            return Poll::Pending;
+        }
+        let r = this.shared.lock().poll_outcome(this.id, cx);
+        if r.is_ready() {
+            this.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.lock().forget(self.id);
+        }
+    }
+}
+
+/// Submit a TMF or text exchange (no queue slot) and wait for its outcome.
+pub(crate) async fn call(
+    shared: &Arc<Shared>,
+    start: impl FnOnce(&mut InitiatorConnection, Instant) -> Result<TaskId, TaskError>,
+) -> Result<Outcome, Error> {
+    let id = {
+        let mut core = shared.lock();
+        if let Some(why) = &core.closed {
+            return Err(Error::Closed(why.clone()));
+        }
+        let id = start(&mut core.conn, Instant::now()).map_err(Error::Task)?;
+        core.add_waiter(id, None, false);
+        shared.after_call(&mut core);
+        id
+    };
+    Ok(Wait::new(shared.clone(), id).await)
+}
+
+/// The driver task: reads and feeds the core, runs its timer, writes what callers left
+/// queued, and at the end fails whatever still waits.
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    reader: Reader,
+    sleep: Pin<Box<Sleep>>,
+    /// A multi-thread runtime runs a task woken by the running one next (its LIFO slot),
+    /// so the driver, kicked by the first caller of a batch, would write that caller's
+    /// command alone: there it yields once first. A current-thread runtime already runs
+    /// it after every caller woken before it.
+    yield_before_flush: bool,
+    yielded: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(shared: Arc<Shared>, framer: Framer, leftover: BytesMut) -> Driver {
+        let yield_before_flush = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
+        });
+        let mut reader = Reader::new(framer, leftover);
+        // Bytes that arrived with the final Login Response.
+        reader.feed(&mut shared.lock().conn);
+        Driver {
+            shared,
+            reader,
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            yield_before_flush,
+            yielded: false,
+        }
+    }
+
+    /// The connection is closed: write what is left if the socket takes it at once, close
+    /// the socket, and fail every caller still waiting.
+    fn finish(&mut self, core: &mut Core) {
+        core.flush(&self.shared.stream);
+        // SAFETY: shutdown(2) on the socket's own open descriptor; no memory is involved.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&self.shared.stream),
+                libc::SHUT_RDWR,
+            );
+        }
+        let reason = core
+            .failure
+            .take()
+            .unwrap_or_else(|| "connection closed".into());
+        core.closed = Some(reason.clone());
+        for (_, w) in core.waiters.iter_mut() {
+            if w.outcome.is_none() {
+                // The caller's future maps a SCSI-shaped error onto whatever it waits for.
+                w.outcome = Some(Outcome::Scsi(Err(Error::Closed(reason.clone()))));
+                if let Some(k) = w.waker.take() {
+                    k.wake();
+                }
+            }
+        }
+        core.waiters.retain(|_, w| w.listening);
+        for (_, w) in core.slot_queue.drain(..) {
+            w.wake();
+        }
+        core.driver = None;
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let _enter = this.shared.span.clone().entered();
+        let shared = this.shared.clone();
+        loop {
+            let mut guard = None;
+            let more = read(&shared, &mut this.reader, cx, &mut guard);
+            let mut core = match guard {
+                Some(g) => g,
+                None => shared.lock(),
+            };
+            // The timer wakes this task when it fires; until then no clock is read.
+            if core.armed.is_some() && this.sleep.is_elapsed() {
+                core.armed = None;
+                core.conn.handle_timeout(Instant::now());
+            }
+            core.pump(&shared.span);
+            if core.conn.is_closed() {
+                this.finish(&mut core);
+                drop(core);
+                shared.closed_signal.notify_waiters();
+                return Poll::Ready(());
+            }
+            if !core.outq.is_empty() {
+                if this.yield_before_flush
+                    && core.kicked
+                    && !this.yielded
+                    && core.conn.in_flight() > 1
+                {
+                    // Let the other callers woken with the one that kicked queue theirs.
+                    this.yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                core.flush(&shared.stream);
+                this.yielded = false;
+                if core.conn.is_closed() {
+                    continue;
+                }
+            }
+            match &core.driver {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => core.driver = Some(cx.waker().clone()),
+            }
+            core.kicked = false;
+            let deadline = core.conn.poll_timeout();
+            if deadline != core.armed {
+                // Re-arm the one timer only when the core's deadline moves.
+                core.armed = deadline;
+                if let Some(at) = deadline {
+                    this.sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::from_std(at));
+                    if this.sleep.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+            }
+            let blocked = !core.outq.is_empty();
+            drop(core);
+            if blocked && shared.stream.poll_write_ready(cx).is_ready() {
+                continue;
+            }
+            if more {
+                // Let the callers just woken run before reading on.
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Pending;
+        }
+    }
 }

@@ -60,6 +60,12 @@ impl Reader {
         }
     }
 
+    /// True while a large frame or placed payload is being read (reads of up to its
+    /// whole length; the driver does not hold the core's lock over those).
+    pub(crate) fn reads_large(&self) -> bool {
+        !matches!(self.state, State::Shared)
+    }
+
     /// The buffer the next read fills and the most bytes it may take.
     pub(crate) fn target(&mut self) -> (&mut BytesMut, u64) {
         match &mut self.state {

@@ -11,11 +11,10 @@ use oxiscsi_proto::text::OperationalParams;
 use oxiscsi_scsi::cdb::{unmap_parameter_list, Cdb};
 use oxiscsi_scsi::data::{lun_number, parse_report_luns, Capacity, StandardInquiry};
 use oxiscsi_scsi::{Sense, SenseKey};
-use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::Instrument;
 
 use crate::config::SessionConfig;
-use crate::driver::{self, Request, Shared};
+use crate::driver::{self, Outcome, Shared};
 use crate::error::Error;
 use crate::transport;
 
@@ -36,12 +35,21 @@ pub struct SessionInfo {
 }
 
 struct Inner {
-    tx: mpsc::Sender<Request>,
-    sem: Arc<Semaphore>,
+    shared: Arc<Shared>,
     info: SessionInfo,
-    shared: Arc<Mutex<Shared>>,
-    closed_signal: driver::ClosedSignal,
     block_sizes: Mutex<HashMap<u16, u32>>,
+}
+
+impl Drop for Inner {
+    /// Every handle is gone: log out cleanly once in-flight commands end (the driver
+    /// keeps running until then).
+    fn drop(&mut self) {
+        let mut core = self.shared.lock();
+        if core.closed.is_none() {
+            core.conn.logout(std::time::Instant::now());
+            self.shared.after_call(&mut core);
+        }
+    }
 }
 
 /// A logged-in iSCSI session (one connection, ErrorRecoveryLevel 0). Clone it to issue
@@ -66,8 +74,9 @@ impl std::fmt::Debug for Session {
 pub struct Pending {
     id: TaskId,
     lun: u16,
-    rx: oneshot::Receiver<Result<ScsiResult, Error>>,
-    session: Session,
+    wait: driver::Wait,
+    /// Keeps the session (and so the connection) up while the command runs.
+    _session: Session,
 }
 
 impl Pending {
@@ -78,9 +87,7 @@ impl Pending {
 
     /// Wait for the command's outcome (any SCSI status).
     pub async fn wait(self) -> Result<ScsiResult, Error> {
-        self.rx
-            .await
-            .map_err(|_| driver::closed_error(&self.session.inner.shared))?
+        scsi_outcome(self.wait.await)
     }
 }
 
@@ -134,28 +141,20 @@ impl Session {
         let mut conn =
             InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
         conn.count_login_pdus(li.login_pdus);
-        let (tx, rx) = mpsc::channel(cfg.connection.queue_depth.max(1) * 2);
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let closed_signal = driver::ClosedSignal::default();
-        tokio::spawn(
-            driver::run(
-                conn,
-                li.stream,
-                li.leftover,
-                rx,
-                shared.clone(),
-                li.portal.clone(),
-                closed_signal.clone(),
-            )
-            .instrument(span),
+        let framer = conn.rx_framer();
+        let shared = Shared::new(
+            conn,
+            li.stream,
+            cfg.connection.queue_depth,
+            span.clone(),
+            li.portal.clone(),
         );
+        let driver = span.in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover));
+        tokio::spawn(driver.instrument(span));
         Ok(Session {
             inner: Arc::new(Inner {
-                tx,
-                sem: Arc::new(Semaphore::new(cfg.connection.queue_depth)),
-                info,
                 shared,
-                closed_signal,
+                info,
                 block_sizes: Mutex::new(HashMap::new()),
             }),
         })
@@ -167,7 +166,7 @@ impl Session {
 
     /// Why the session ended, if it has.
     pub fn closed_reason(&self) -> Option<String> {
-        self.inner.shared.lock().ok().and_then(|s| s.closed.clone())
+        self.inner.shared.lock().closed.clone()
     }
 
     /// Run a raw command and return its outcome whatever the SCSI status.
@@ -216,35 +215,6 @@ impl Session {
         self.submit(cmd).await
     }
 
-    /// Take a queue slot (released when the target answers, whatever the caller does)
-    /// and hand the command to the driver.
-    async fn send_command(
-        &self,
-        cmd: Command,
-        id: Option<oneshot::Sender<TaskId>>,
-    ) -> Result<oneshot::Receiver<Result<ScsiResult, Error>>, Error> {
-        let closed = || driver::closed_error(&self.inner.shared);
-        let permit = self
-            .inner
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| closed())?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Command {
-                cmd,
-                reply,
-                permit,
-                id,
-            })
-            .await
-            .map_err(|_| closed())?;
-        Ok(rx)
-    }
-
     /// Start a raw command and return at once with a handle that names it, so it can
     /// be aborted ([`abort`](Self::abort)) while in flight; await [`Pending::wait`] for
     /// the outcome.
@@ -258,21 +228,13 @@ impl Session {
         let cmd = Command::new(Lun::from_number(lun), cdb)
             .with_data_out(data_out)
             .with_read(read_len);
-        let (tell, id_rx) = oneshot::channel();
-        let rx = self.send_command(cmd, Some(tell)).await?;
-        match id_rx.await {
-            Ok(id) => Ok(Pending {
-                id,
-                lun,
-                rx,
-                session: self.clone(),
-            }),
-            // The core refused it: the reply says why.
-            Err(_) => match rx.await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(driver::closed_error(&self.inner.shared)),
-            },
-        }
+        let id = driver::Submit::new(self.inner.shared.clone(), cmd).await?;
+        Ok(Pending {
+            id,
+            lun,
+            wait: driver::Wait::new(self.inner.shared.clone(), id),
+            _session: self.clone(),
+        })
     }
 
     /// ABORT TASK (RFC 7143 §11.5.1) for a command started with [`start`](Self::start).
@@ -283,10 +245,12 @@ impl Session {
             .await
     }
 
+    /// Take a queue slot (released when the target answers, whatever the caller does),
+    /// submit and wait. Cancellation-safe at every await.
     async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
-        let rx = self.send_command(cmd, None).await?;
-        rx.await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?
+        let shared = &self.inner.shared;
+        let id = driver::Submit::new(shared.clone(), cmd).await?;
+        scsi_outcome(driver::Wait::after_submit(shared.clone(), id).await)
     }
 
     /// Run a command; a status other than GOOD becomes [`Error::Scsi`] with decoded
@@ -582,31 +546,26 @@ impl Session {
         lun: u16,
         referenced: Option<TaskId>,
     ) -> Result<TmfResponse, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Tmf {
-                function,
-                lun: Lun::from_number(lun),
-                referenced,
-                reply,
-            })
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
-        rx.await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?
+        let outcome = driver::call(&self.inner.shared, |conn, now| {
+            conn.submit_tmf(now, function, Lun::from_number(lun), referenced)
+        })
+        .await?;
+        match outcome {
+            Outcome::Tmf(r) => r,
+            Outcome::Scsi(Err(e)) | Outcome::Text(Err(e)) => Err(e),
+            _ => Err(self.inner.shared.closed_error()),
+        }
     }
 
     /// A text exchange in the full feature phase.
     pub async fn text(&self, pairs: Vec<(String, String)>) -> Result<Vec<(String, String)>, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Text { pairs, reply })
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
-        rx.await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?
+        let outcome =
+            driver::call(&self.inner.shared, |conn, now| conn.send_text(now, &pairs)).await?;
+        match outcome {
+            Outcome::Text(r) => r,
+            Outcome::Scsi(Err(e)) | Outcome::Tmf(Err(e)) => Err(e),
+            _ => Err(self.inner.shared.closed_error()),
+        }
     }
 
     /// Log out after in-flight commands finish.
@@ -615,7 +574,7 @@ impl Session {
     pub async fn closed(&self) -> String {
         loop {
             // Created before the check: `notify_waiters` reaches it even unpolled.
-            let wait = self.inner.closed_signal.notified();
+            let wait = self.inner.shared.closed_signal.notified();
             if let Some(why) = self.closed_reason() {
                 return why;
             }
@@ -626,24 +585,36 @@ impl Session {
     /// The connection's counters (PDUs by opcode, data octets, digest and timeout
     /// errors), as `iscsiadm -m session -s` prints them.
     pub async fn stats(&self) -> Result<oxiscsi_proto::session::ConnStats, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Request::Stats { reply })
-            .await
-            .map_err(|_| driver::closed_error(&self.inner.shared))?;
-        rx.await
-            .map_err(|_| driver::closed_error(&self.inner.shared))
+        let core = self.inner.shared.lock();
+        match &core.closed {
+            Some(why) => Err(Error::Closed(why.clone())),
+            None => Ok(core.conn.stats()),
+        }
     }
 
     pub async fn logout(&self) -> Result<(), Error> {
-        let (reply, rx) = oneshot::channel();
-        if self.inner.tx.send(Request::Logout { reply }).await.is_err() {
-            return Ok(());
+        {
+            let mut core = self.inner.shared.lock();
+            if core.closed.is_some() {
+                return Ok(());
+            }
+            core.conn.logout(std::time::Instant::now());
+            self.inner.shared.after_call(&mut core);
         }
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Ok(()),
+        let why = self.closed().await;
+        if self.inner.shared.lock().logged_out() {
+            Ok(())
+        } else {
+            Err(Error::Closed(why))
         }
+    }
+}
+
+/// A SCSI command's outcome (a TMF or text outcome cannot answer one).
+fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
+    match o {
+        Outcome::Scsi(r) => r,
+        Outcome::Tmf(Err(e)) | Outcome::Text(Err(e)) => Err(e),
+        _ => Err(Error::Closed("the session answered with the wrong kind of outcome".into())),
     }
 }
