@@ -17,9 +17,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use oxiscsi_proto::pdu::{Framer, TmfResponse};
-use oxiscsi_proto::Digest;
+use oxiscsi_proto::pdu::{Framer, TmfResponse, HEADER_INLINE};
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
+use oxiscsi_proto::Digest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
@@ -55,7 +55,7 @@ pub(crate) struct Core {
     hd: Digest,
     dd: Digest,
     /// Encoded PDUs not yet written, in wire order.
-    outq: VecDeque<Bytes>,
+    outq: VecDeque<Chunk>,
     waiters: HashMap<TaskId, Waiter>,
     /// Commands holding a queue slot, and how many may (like open-iscsi's cmds_max).
     active: usize,
@@ -188,14 +188,21 @@ impl Core {
     /// Move the core's output to the write queue and its events to their callers.
     fn pump(&mut self, span: &tracing::Span) {
         while let Some(pdu) = self.conn.poll_transmit() {
-            let enc = Framer::encode(&pdu, self.hd, self.dd);
-            let tail = (!enc.tail().is_empty()).then(|| Bytes::copy_from_slice(enc.tail()));
-            self.outq.push_back(enc.head);
-            if !enc.data.is_empty() {
-                self.outq.push_back(enc.data);
-            }
-            if let Some(tail) = tail {
-                self.outq.push_back(tail);
+            let mut head = [0u8; HEADER_INLINE];
+            self.outq
+                .push_back(match Framer::encode_header(&pdu, self.hd, &mut head) {
+                    Ok(len) => Chunk::inline(head, len),
+                    Err(long) => Chunk::Bytes(long),
+                });
+            let data = pdu.data();
+            if !data.is_empty() {
+                let (tail, tail_len) = Framer::encode_tail(&data, self.dd);
+                self.outq.push_back(Chunk::Bytes(data));
+                if tail_len > 0 {
+                    let mut t = [0u8; HEADER_INLINE];
+                    t[..tail_len].copy_from_slice(&tail[..tail_len]);
+                    self.outq.push_back(Chunk::inline(t, tail_len));
+                }
             }
         }
         while let Some(ev) = self.conn.poll_event() {
@@ -266,7 +273,7 @@ impl Core {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let n = self.outq.len().min(MAX_IOV);
             for (s, b) in slices.iter_mut().zip(self.outq.iter()) {
-                *s = IoSlice::new(b);
+                *s = IoSlice::new(b.as_slice());
             }
             match stream.try_write_vectored(&slices[..n]) {
                 Ok(0) => {
@@ -287,7 +294,10 @@ impl Core {
     fn poll_outcome(&mut self, id: TaskId, cx: &mut Context<'_>) -> Poll<Outcome> {
         let Some(w) = self.waiters.get_mut(&id) else {
             // Only a driver that ended and already failed every waiter gets here.
-            let why = self.closed.clone().unwrap_or_else(|| "session ended".into());
+            let why = self
+                .closed
+                .clone()
+                .unwrap_or_else(|| "session ended".into());
             return Poll::Ready(Outcome::Scsi(Err(Error::Closed(why))));
         };
         if let Some(o) = w.outcome.take() {
@@ -315,13 +325,51 @@ impl Core {
     }
 }
 
-fn advance(outq: &mut VecDeque<Bytes>, mut n: usize) {
+/// One piece of the write queue: a header or padding/digest kept inline (no allocation
+/// per PDU), or a payload shared with its command.
+enum Chunk {
+    Inline {
+        buf: [u8; HEADER_INLINE],
+        start: u8,
+        end: u8,
+    },
+    Bytes(Bytes),
+}
+
+impl Chunk {
+    fn inline(buf: [u8; HEADER_INLINE], len: usize) -> Chunk {
+        Chunk::Inline {
+            buf,
+            start: 0,
+            end: len.min(HEADER_INLINE) as u8,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Inline { buf, start, end } => &buf[usize::from(*start)..usize::from(*end)],
+            Chunk::Bytes(b) => b,
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        match self {
+            Chunk::Inline { start, end, .. } => {
+                *start = (usize::from(*start) + n).min(usize::from(*end)) as u8
+            }
+            Chunk::Bytes(b) => b.advance(n.min(b.len())),
+        }
+    }
+}
+
+fn advance(outq: &mut VecDeque<Chunk>, mut n: usize) {
     while n > 0 {
         let Some(front) = outq.front_mut() else {
             return;
         };
-        if front.len() <= n {
-            n -= front.len();
+        let len = front.as_slice().len();
+        if len <= n {
+            n -= len;
             outq.pop_front();
         } else {
             front.advance(n);
@@ -347,13 +395,22 @@ fn read<'a>(
         }
         let (into, limit) = reader.target();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let room = limit.min(into.capacity() - into.len());
         let why = match stream.try_read_buf(&mut into.limit(limit)) {
             Ok(0) => "the target closed the TCP connection".to_string(),
-            Ok(_) => {
+            Ok(n) => {
                 let core = guard.get_or_insert_with(|| shared.lock());
                 reader.feed(&mut core.conn);
                 if core.conn.is_closed() {
                     return false;
+                }
+                if n < room {
+                    // A short read took all the socket held (as nginx assumes): mark it
+                    // not ready rather than pay a read that fails with EAGAIN. Bytes
+                    // that arrive later raise a new edge, which wakes the driver.
+                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
                 }
                 continue;
             }
@@ -555,9 +612,8 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(shared: Arc<Shared>, framer: Framer, leftover: BytesMut) -> Driver {
-        let yield_before_flush = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread
-        });
+        let yield_before_flush = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
         let mut reader = Reader::new(framer, leftover);
         // Bytes that arrived with the final Login Response.
         reader.feed(&mut shared.lock().conn);

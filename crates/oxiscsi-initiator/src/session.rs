@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use oxiscsi_proto::login::{ChapAlgorithm, SessionType};
-use oxiscsi_proto::pdu::{Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
+use oxiscsi_proto::pdu::{CdbBuf, Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
 use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult, TaskId};
 use oxiscsi_proto::text::OperationalParams;
 use oxiscsi_scsi::cdb::{unmap_parameter_list, Cdb};
@@ -175,7 +175,7 @@ impl Session {
     pub async fn execute(
         &self,
         lun: u16,
-        cdb: impl Into<Bytes>,
+        cdb: impl Into<CdbBuf>,
         data_out: Bytes,
         read_len: u32,
     ) -> Result<ScsiResult, Error> {
@@ -192,7 +192,7 @@ impl Session {
     pub async fn execute_into(
         &self,
         lun: u16,
-        cdb: impl Into<Bytes>,
+        cdb: impl Into<CdbBuf>,
         read_len: u32,
         buf: bytes::BytesMut,
     ) -> Result<ScsiResult, Error> {
@@ -208,7 +208,7 @@ impl Session {
     pub async fn execute_discard(
         &self,
         lun: u16,
-        cdb: impl Into<Bytes>,
+        cdb: impl Into<CdbBuf>,
         read_len: u32,
     ) -> Result<ScsiResult, Error> {
         let cmd = Command::new(Lun::from_number(lun), cdb).with_read_discarded(read_len);
@@ -221,7 +221,7 @@ impl Session {
     pub async fn start(
         &self,
         lun: u16,
-        cdb: impl Into<Bytes>,
+        cdb: impl Into<CdbBuf>,
         data_out: Bytes,
         read_len: u32,
     ) -> Result<Pending, Error> {
@@ -258,7 +258,7 @@ impl Session {
     pub async fn execute_checked(
         &self,
         lun: u16,
-        cdb: impl Into<Bytes>,
+        cdb: impl Into<CdbBuf>,
         data_out: Bytes,
         read_len: u32,
     ) -> Result<ScsiResult, Error> {
@@ -615,6 +615,8 @@ fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
     match o {
         Outcome::Scsi(r) => r,
         Outcome::Tmf(Err(e)) | Outcome::Text(Err(e)) => Err(e),
-        _ => Err(Error::Closed("the session answered with the wrong kind of outcome".into())),
+        _ => Err(Error::Closed(
+            "the session answered with the wrong kind of outcome".into(),
+        )),
     }
 }

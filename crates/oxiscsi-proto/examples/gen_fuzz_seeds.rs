@@ -33,7 +33,7 @@ fn main() -> std::io::Result<()> {
             expected_data_transfer_length: 4096,
             cmd_sn: sn(1),
             exp_stat_sn: sn(2),
-            cdb: Bytes::from(vec![0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]),
+            cdb: [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0].into(),
             bidi_read_length: None,
             data: Bytes::new(),
         }),

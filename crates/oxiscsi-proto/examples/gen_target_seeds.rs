@@ -32,7 +32,7 @@ fn cmd(itt: u32, sn: u32, read: bool, len: u32, imm: &'static [u8], final_: bool
         expected_data_transfer_length: len,
         cmd_sn: SerialNumber(sn),
         exp_stat_sn: SerialNumber(1),
-        cdb: Bytes::from(cdb),
+        cdb: cdb.into(),
         bidi_read_length: None,
         data: Bytes::from_static(imm),
     })

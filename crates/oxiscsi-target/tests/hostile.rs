@@ -197,7 +197,7 @@ impl Raw {
             expected_data_transfer_length: u32::from(blocks) * 512,
             cmd_sn: sn,
             exp_stat_sn: self.exp_stat_sn,
-            cdb: Bytes::from(cdb),
+            cdb: cdb.into(),
             bidi_read_length: None,
             data: imm,
         })

@@ -321,35 +321,76 @@ impl Framer {
 
     /// Encode a PDU for sending with the given (transmit-direction) digests.
     pub fn encode(pdu: &Pdu, header_digest: Digest, data_digest: Digest) -> EncodedPdu {
+        let mut inline = [0u8; HEADER_INLINE];
+        let head = match Self::encode_header(pdu, header_digest, &mut inline) {
+            Ok(n) => Bytes::copy_from_slice(&inline[..n]),
+            Err(long) => long,
+        };
+        let data = pdu.data();
+        let (tail, tail_len) = Self::encode_tail(&data, data_digest);
+        EncodedPdu {
+            head,
+            data,
+            tail,
+            tail_len,
+        }
+    }
+
+    /// The header (BHS, AHS, header digest) written into `out`, returning its length;
+    /// a header longer than [`HEADER_INLINE`] (an Extended CDB AHS) comes back on the
+    /// heap instead. For senders that keep headers inline, with no allocation per PDU.
+    pub fn encode_header(
+        pdu: &Pdu,
+        header_digest: Digest,
+        out: &mut [u8; HEADER_INLINE],
+    ) -> Result<usize, Bytes> {
         let mut bhs = [0u8; BHS_LEN];
         let ahs = pdu.encode_bhs(&mut bhs);
-        let mut head = BytesMut::with_capacity(BHS_LEN + ahs.len() + 4);
-        head.extend_from_slice(&bhs);
-        head.extend_from_slice(&ahs);
-        if header_digest == Digest::Crc32c {
-            let crc = crc32c(&head);
-            head.extend_from_slice(&crc.to_le_bytes());
+        let digest_len = if header_digest == Digest::Crc32c {
+            4
+        } else {
+            0
+        };
+        let len = BHS_LEN + ahs.len() + digest_len;
+        let crc = (digest_len > 0).then(|| crc32c_append(crc32c(&bhs), &ahs).to_le_bytes());
+        if len > HEADER_INLINE {
+            let mut head = BytesMut::with_capacity(len);
+            head.extend_from_slice(&bhs);
+            head.extend_from_slice(&ahs);
+            if let Some(crc) = crc {
+                head.extend_from_slice(&crc);
+            }
+            return Err(head.freeze());
         }
-        let data = pdu.data();
+        out[..BHS_LEN].copy_from_slice(&bhs);
+        out[BHS_LEN..BHS_LEN + ahs.len()].copy_from_slice(&ahs);
+        if let Some(crc) = crc {
+            out[BHS_LEN + ahs.len()..len].copy_from_slice(&crc);
+        }
+        Ok(len)
+    }
+
+    /// What follows a payload of `data` on the wire: padding to 4 bytes and the data
+    /// digest (§11.1). Returns the bytes and how many of them are used.
+    pub fn encode_tail(data: &[u8], data_digest: Digest) -> ([u8; 8], usize) {
         let mut tail = [0u8; 8];
         let mut tail_len = 0;
         if !data.is_empty() {
             let pad = pad4(data.len());
             tail_len = pad;
             if data_digest == Digest::Crc32c {
-                let crc = crc32c_append(crc32c(&data), &[0u8; 3][..pad]);
+                let crc = crc32c_append(crc32c(data), &[0u8; 3][..pad]);
                 tail[pad..pad + 4].copy_from_slice(&crc.to_le_bytes());
                 tail_len += 4;
             }
         }
-        EncodedPdu {
-            head: head.freeze(),
-            data,
-            tail,
-            tail_len,
-        }
+        (tail, tail_len)
     }
 }
+
+/// Headers up to this long (a BHS, a small AHS and a header digest) are encoded inline
+/// by [`Framer::encode_header`].
+pub const HEADER_INLINE: usize = 64;
 
 /// A PDU ready for the socket: header bytes, the payload (shared, not copied), and
 /// padding plus data digest. Suited to vectored writes.

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 pub mod async_msg;
+pub mod cdb;
 pub mod codec;
 pub mod codes;
 pub mod data;
@@ -21,7 +22,8 @@ pub mod text;
 pub mod tmf;
 
 pub use async_msg::AsyncMessage;
-pub use codec::{DecodeError, EncodedPdu, Framer};
+pub use cdb::CdbBuf;
+pub use codec::{DecodeError, EncodedPdu, Framer, HEADER_INLINE};
 pub use codes::*;
 pub use data::{DataIn, DataOut, R2t};
 pub use login::{Isid, LoginRequest, LoginResponse, Stage};

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::cdb::CdbBuf;
 use super::{be32, be64, put32, put64, Ahs, DecodeError, Lun};
 use crate::pdu::codes::{Opcode, ScsiStatus, ServiceResponse};
 use crate::serial::SerialNumber;
@@ -55,7 +56,7 @@ pub struct ScsiCommand {
     pub expected_data_transfer_length: u32,
     pub cmd_sn: SerialNumber,
     pub exp_stat_sn: SerialNumber,
-    pub cdb: Bytes,
+    pub cdb: CdbBuf,
     /// Bidirectional Read Expected Data-Transfer Length AHS (§11.3.6), if any.
     pub bidi_read_length: Option<u32>,
     /// Immediate data.
@@ -64,7 +65,9 @@ pub struct ScsiCommand {
 
 impl ScsiCommand {
     pub(super) fn decode(b: &[u8; 48], ahs: &[Ahs<'_>], data: Bytes) -> Result<Self, DecodeError> {
-        let mut cdb = b[32..48].to_vec();
+        let mut head = [0u8; 16];
+        head.copy_from_slice(&b[32..48]);
+        let mut cdb = CdbBuf::from_array(head, 16);
         let mut bidi_read_length = None;
         for a in ahs {
             match a.ahs_type {
@@ -85,7 +88,10 @@ impl ScsiCommand {
                             "§11.3.5",
                         )
                     })?;
-                    cdb.extend_from_slice(&a.value[1..1 + usize::from(extra)]);
+                    let mut long = Vec::with_capacity(16 + usize::from(extra));
+                    long.extend_from_slice(&cdb);
+                    long.extend_from_slice(&a.value[1..1 + usize::from(extra)]);
+                    cdb = CdbBuf::from(long);
                 }
                 // §11.3.6: Bidirectional Read Expected Data-Transfer Length AHS, AHSLength 5.
                 2 => {
@@ -118,7 +124,7 @@ impl ScsiCommand {
             expected_data_transfer_length: be32(b, 20),
             cmd_sn: SerialNumber(be32(b, 24)),
             exp_stat_sn: SerialNumber(be32(b, 28)),
-            cdb: Bytes::from(cdb),
+            cdb,
             bidi_read_length,
             data,
         })

@@ -45,7 +45,7 @@ prop_compose! {
         let mut cdb = cdb;
         if cdb.len() < 16 { cdb.resize(16, 0); }
         Pdu::ScsiCommand(ScsiCommand { immediate, final_, read, write, attr, lun, itt,
-            expected_data_transfer_length: edtl, cmd_sn, exp_stat_sn, cdb: Bytes::from(cdb),
+            expected_data_transfer_length: edtl, cmd_sn, exp_stat_sn, cdb: cdb.into(),
             bidi_read_length: bidi, data })
     }
 }

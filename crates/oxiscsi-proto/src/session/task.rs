@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::pdu::{DataOut, Lun, Opcode, ScsiStatus, TaskAttr, TmfFunction, RESERVED_TAG};
+use crate::pdu::{CdbBuf, DataOut, Lun, Opcode, ScsiStatus, TaskAttr, TmfFunction, RESERVED_TAG};
 use crate::serial::SerialNumber;
 use crate::text::OperationalParams;
 
@@ -17,7 +17,7 @@ use super::error::ProtocolError;
 #[derive(Debug, Clone)]
 pub struct Command {
     pub lun: Lun,
-    pub cdb: Bytes,
+    pub cdb: CdbBuf,
     /// Data to send (write); empty for none.
     pub data_out: Bytes,
     /// Bytes we expect to read; 0 for none.
@@ -35,7 +35,7 @@ pub struct Command {
 }
 
 impl Command {
-    pub fn new(lun: Lun, cdb: impl Into<Bytes>) -> Self {
+    pub fn new(lun: Lun, cdb: impl Into<CdbBuf>) -> Self {
         Command {
             lun,
             cdb: cdb.into(),

@@ -209,12 +209,22 @@ impl Cdb {
 
     /// Encode to CDB bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let (bytes, len) = self.to_array();
+        bytes[..len].to_vec()
+    }
+
+    /// Encode without allocating: every CDB built here fits the 16 bytes a SCSI Command
+    /// PDU carries in its header, so a command's CDB never needs the heap. Returns the
+    /// bytes and the CDB's length.
+    pub fn to_array(&self) -> ([u8; 16], usize) {
         let rw_flags = |fua: bool, dpo: bool| u8::from(dpo) << 4 | u8::from(fua) << 3;
-        match *self {
-            Cdb::TestUnitReady => vec![0; 6],
+        let mut v = [0u8; 16];
+        let len = match *self {
+            Cdb::TestUnitReady => 6,
             Cdb::Inquiry { evpd, page, alloc } => {
-                let a = alloc.to_be_bytes();
-                vec![op::INQUIRY, u8::from(evpd), page, a[0], a[1], 0]
+                v[..6].copy_from_slice(&[op::INQUIRY, u8::from(evpd), page, 0, 0, 0]);
+                v[3..5].copy_from_slice(&alloc.to_be_bytes());
+                6
             }
             Cdb::ModeSense6 {
                 dbd,
@@ -223,14 +233,15 @@ impl Cdb {
                 subpage,
                 alloc,
             } => {
-                vec![
+                v[..6].copy_from_slice(&[
                     op::MODE_SENSE_6,
                     u8::from(dbd) << 3,
                     (pc & 3) << 6 | (page & 0x3f),
                     subpage,
                     alloc,
                     0,
-                ]
+                ]);
+                6
             }
             Cdb::ModeSense10 {
                 llbaa,
@@ -240,27 +251,22 @@ impl Cdb {
                 subpage,
                 alloc,
             } => {
-                let a = alloc.to_be_bytes();
-                vec![
-                    op::MODE_SENSE_10,
-                    u8::from(llbaa) << 4 | u8::from(dbd) << 3,
-                    (pc & 3) << 6 | (page & 0x3f),
-                    subpage,
-                    0,
-                    0,
-                    0,
-                    a[0],
-                    a[1],
-                    0,
-                ]
+                v[0] = op::MODE_SENSE_10;
+                v[1] = u8::from(llbaa) << 4 | u8::from(dbd) << 3;
+                v[2] = (pc & 3) << 6 | (page & 0x3f);
+                v[3] = subpage;
+                v[7..9].copy_from_slice(&alloc.to_be_bytes());
+                10
             }
-            Cdb::ReadCapacity10 => vec![op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Cdb::ReadCapacity10 => {
+                v[0] = op::READ_CAPACITY_10;
+                10
+            }
             Cdb::ReadCapacity16 { alloc } => {
-                let mut v = vec![0u8; 16];
                 v[0] = op::SERVICE_ACTION_IN_16;
                 v[1] = op::SA_READ_CAPACITY_16;
                 v[10..14].copy_from_slice(&alloc.to_be_bytes());
-                v
+                16
             }
             Cdb::Read10 {
                 lba,
@@ -274,12 +280,11 @@ impl Cdb {
                 fua,
                 dpo,
             } => {
-                let mut v = vec![0u8; 10];
                 v[0] = self.opcode();
                 v[1] = rw_flags(fua, dpo);
                 v[2..6].copy_from_slice(&lba.to_be_bytes());
                 v[7..9].copy_from_slice(&blocks.to_be_bytes());
-                v
+                10
             }
             Cdb::Read16 {
                 lba,
@@ -293,35 +298,31 @@ impl Cdb {
                 fua,
                 dpo,
             } => {
-                let mut v = vec![0u8; 16];
                 v[0] = self.opcode();
                 v[1] = rw_flags(fua, dpo);
                 v[2..10].copy_from_slice(&lba.to_be_bytes());
                 v[10..14].copy_from_slice(&blocks.to_be_bytes());
-                v
+                16
             }
             Cdb::SynchronizeCache10 { lba, blocks, immed } => {
-                let mut v = vec![0u8; 10];
                 v[0] = op::SYNCHRONIZE_CACHE_10;
                 v[1] = u8::from(immed) << 1;
                 v[2..6].copy_from_slice(&lba.to_be_bytes());
                 v[7..9].copy_from_slice(&blocks.to_be_bytes());
-                v
+                10
             }
             Cdb::SynchronizeCache16 { lba, blocks, immed } => {
-                let mut v = vec![0u8; 16];
                 v[0] = op::SYNCHRONIZE_CACHE_16;
                 v[1] = u8::from(immed) << 1;
                 v[2..10].copy_from_slice(&lba.to_be_bytes());
                 v[10..14].copy_from_slice(&blocks.to_be_bytes());
-                v
+                16
             }
             Cdb::Unmap { anchor, param_len } => {
-                let mut v = vec![0u8; 10];
                 v[0] = op::UNMAP;
                 v[1] = u8::from(anchor);
                 v[7..9].copy_from_slice(&param_len.to_be_bytes());
-                v
+                10
             }
             Cdb::WriteSame16 {
                 lba,
@@ -330,29 +331,27 @@ impl Cdb {
                 anchor,
                 ndob,
             } => {
-                let mut v = vec![0u8; 16];
                 v[0] = op::WRITE_SAME_16;
                 v[1] = u8::from(anchor) << 4 | u8::from(unmap) << 3 | u8::from(ndob);
                 v[2..10].copy_from_slice(&lba.to_be_bytes());
                 v[10..14].copy_from_slice(&blocks.to_be_bytes());
-                v
+                16
             }
             Cdb::ReportLuns {
                 select_report,
                 alloc,
             } => {
-                let mut v = vec![0u8; 12];
                 v[0] = op::REPORT_LUNS;
                 v[2] = select_report;
                 v[6..10].copy_from_slice(&alloc.to_be_bytes());
-                v
+                12
             }
             Cdb::Other(o) => {
-                let mut v = vec![0u8; 6];
                 v[0] = o;
-                v
+                6
             }
-        }
+        };
+        (v, len)
     }
 
     /// Parse CDB bytes.

@@ -28,7 +28,7 @@ fn task(cdb: &[u8], data: &[u8]) -> ScsiTask {
     ScsiTask {
         itt: 1,
         lun: Lun::from_number(1),
-        cdb: Bytes::copy_from_slice(cdb),
+        cdb: cdb.into(),
         attr: TaskAttr::Simple,
         cmd_sn: SerialNumber(0),
         read_len: 0,

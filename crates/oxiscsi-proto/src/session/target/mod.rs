@@ -65,7 +65,7 @@ impl Default for TargetConfig {
 pub struct ScsiTask {
     pub itt: u32,
     pub lun: Lun,
-    pub cdb: Bytes,
+    pub cdb: crate::pdu::CdbBuf,
     pub attr: TaskAttr,
     pub cmd_sn: SerialNumber,
     /// ExpectedDataTransferLength for a read (R bit), else 0.
@@ -130,7 +130,7 @@ enum TaskState {
 #[derive(Debug)]
 struct Task {
     lun: Lun,
-    cdb: Bytes,
+    cdb: crate::pdu::CdbBuf,
     attr: TaskAttr,
     cmd_sn: SerialNumber,
     immediate: bool,

@@ -390,7 +390,7 @@ fn raw_cmd(
         expected_data_transfer_length: write_len,
         cmd_sn,
         exp_stat_sn: SerialNumber(0),
-        cdb: Bytes::from(cdb),
+        cdb: cdb.into(),
         bidi_read_length: None,
         data,
     })
