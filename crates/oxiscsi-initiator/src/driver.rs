@@ -387,6 +387,7 @@ fn read<'a>(
     reader: &mut Reader,
     cx: &mut Context<'_>,
     guard: &mut Option<MutexGuard<'a, Core>>,
+    short_read_drains: bool,
 ) -> bool {
     let stream = &shared.stream;
     for _ in 0..MORE_READS {
@@ -404,10 +405,11 @@ fn read<'a>(
                 if core.conn.is_closed() {
                     return false;
                 }
-                if n < room {
-                    // A short read took all the socket held (as nginx assumes): mark it
-                    // not ready rather than pay a read that fails with EAGAIN. Bytes
-                    // that arrive later raise a new edge, which wakes the driver.
+                if n < room && short_read_drains && reader.at_boundary() {
+                    // A short read that ended on a PDU boundary took all the socket held
+                    // (as nginx assumes): mark it not ready rather than pay a read that
+                    // fails with EAGAIN. Bytes that arrive later raise a new edge, which
+                    // wakes the driver. Mid-frame, the rest is on its way: read again.
                     let _ = stream.try_io(tokio::io::Interest::READABLE, || {
                         Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
                     });
@@ -455,23 +457,27 @@ impl Future for Submit {
     type Output = Result<TaskId, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let shared = this.shared.clone();
+        let Submit {
+            shared,
+            cmd,
+            ticket,
+        } = self.get_mut();
+        let shared: &Shared = shared;
         let mut core = shared.lock();
         if let Some(why) = &core.closed {
             return Poll::Ready(Err(Error::Closed(why.clone())));
         }
-        let first = match this.ticket {
+        let first = match *ticket {
             None => core.slot_queue.is_empty(),
             Some(t) => core.slot_queue.front().is_some_and(|(f, _)| *f == t),
         };
         if !first || core.active >= core.queue_depth {
-            match this.ticket {
+            match *ticket {
                 None => {
                     let t = core.next_ticket;
                     core.next_ticket += 1;
                     core.slot_queue.push_back((t, cx.waker().clone()));
-                    this.ticket = Some(t);
+                    *ticket = Some(t);
                 }
                 Some(t) => {
                     if let Some((_, w)) = core.slot_queue.iter_mut().find(|(x, _)| *x == t) {
@@ -483,10 +489,10 @@ impl Future for Submit {
             }
             return Poll::Pending;
         }
-        if this.ticket.take().is_some() {
+        if ticket.take().is_some() {
             core.slot_queue.pop_front();
         }
-        let Some(cmd) = this.cmd.take() else {
+        let Some(cmd) = cmd.take() else {
             return Poll::Ready(Err(Error::Closed("command already submitted".into())));
         };
         core.active += 1;
@@ -608,12 +614,17 @@ pub(crate) struct Driver {
     /// it after every caller woken before it.
     yield_before_flush: bool,
     yielded: bool,
+    /// On a current-thread runtime the I/O driver only runs while this thread parks, so
+    /// readiness cannot change between a short read and clearing it. On a multi-thread
+    /// runtime another worker may record a new edge in between, and clearing it would
+    /// lose that wake-up: there the driver reads until EAGAIN.
+    short_read_drains: bool,
 }
 
 impl Driver {
     pub(crate) fn new(shared: Arc<Shared>, framer: Framer, leftover: BytesMut) -> Driver {
-        let yield_before_flush = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread);
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         let mut reader = Reader::new(framer, leftover);
         // Bytes that arrived with the final Login Response.
         reader.feed(&mut shared.lock().conn);
@@ -621,83 +632,87 @@ impl Driver {
             shared,
             reader,
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
-            yield_before_flush,
+            yield_before_flush: !current_thread,
             yielded: false,
+            short_read_drains: current_thread,
         }
     }
+}
 
-    /// The connection is closed: write what is left if the socket takes it at once, close
-    /// the socket, and fail every caller still waiting.
-    fn finish(&mut self, core: &mut Core) {
-        core.flush(&self.shared.stream);
-        // SAFETY: shutdown(2) on the socket's own open descriptor; no memory is involved.
-        unsafe {
-            libc::shutdown(
-                std::os::fd::AsRawFd::as_raw_fd(&self.shared.stream),
-                libc::SHUT_RDWR,
-            );
-        }
-        let reason = core
-            .failure
-            .take()
-            .unwrap_or_else(|| "connection closed".into());
-        core.closed = Some(reason.clone());
-        for (_, w) in core.waiters.iter_mut() {
-            if w.outcome.is_none() {
-                // The caller's future maps a SCSI-shaped error onto whatever it waits for.
-                w.outcome = Some(Outcome::Scsi(Err(Error::Closed(reason.clone()))));
-                if let Some(k) = w.waker.take() {
-                    k.wake();
-                }
+/// The connection is closed: write what is left if the socket takes it at once, close
+/// the socket, and fail every caller still waiting.
+fn finish(shared: &Shared, core: &mut Core) {
+    core.flush(&shared.stream);
+    // SAFETY: shutdown(2) on the socket's own open descriptor; no memory is involved.
+    unsafe {
+        libc::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&shared.stream),
+            libc::SHUT_RDWR,
+        );
+    }
+    let reason = core
+        .failure
+        .take()
+        .unwrap_or_else(|| "connection closed".into());
+    core.closed = Some(reason.clone());
+    for (_, w) in core.waiters.iter_mut() {
+        if w.outcome.is_none() {
+            // The caller's future maps a SCSI-shaped error onto whatever it waits for.
+            w.outcome = Some(Outcome::Scsi(Err(Error::Closed(reason.clone()))));
+            if let Some(k) = w.waker.take() {
+                k.wake();
             }
         }
-        core.waiters.retain(|_, w| w.listening);
-        for (_, w) in core.slot_queue.drain(..) {
-            w.wake();
-        }
-        core.driver = None;
     }
+    core.waiters.retain(|_, w| w.listening);
+    for (_, w) in core.slot_queue.drain(..) {
+        w.wake();
+    }
+    core.driver = None;
 }
 
 impl Future for Driver {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        let _enter = this.shared.span.clone().entered();
-        let shared = this.shared.clone();
+        let Driver {
+            shared,
+            reader,
+            sleep,
+            yield_before_flush,
+            yielded,
+            short_read_drains,
+        } = self.get_mut();
+        let shared: &Shared = shared;
+        let _enter = shared.span.enter();
         loop {
             let mut guard = None;
-            let more = read(&shared, &mut this.reader, cx, &mut guard);
+            let more = read(shared, reader, cx, &mut guard, *short_read_drains);
             let mut core = match guard {
                 Some(g) => g,
                 None => shared.lock(),
             };
             // The timer wakes this task when it fires; until then no clock is read.
-            if core.armed.is_some() && this.sleep.is_elapsed() {
+            if core.armed.is_some() && sleep.is_elapsed() {
                 core.armed = None;
                 core.conn.handle_timeout(Instant::now());
             }
             core.pump(&shared.span);
             if core.conn.is_closed() {
-                this.finish(&mut core);
+                finish(shared, &mut core);
                 drop(core);
                 shared.closed_signal.notify_waiters();
                 return Poll::Ready(());
             }
             if !core.outq.is_empty() {
-                if this.yield_before_flush
-                    && core.kicked
-                    && !this.yielded
-                    && core.conn.in_flight() > 1
-                {
+                if *yield_before_flush && core.kicked && !*yielded && core.conn.in_flight() > 1 {
                     // Let the other callers woken with the one that kicked queue theirs.
-                    this.yielded = true;
+                    *yielded = true;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
                 core.flush(&shared.stream);
-                this.yielded = false;
+                *yielded = false;
                 if core.conn.is_closed() {
                     continue;
                 }
@@ -712,10 +727,8 @@ impl Future for Driver {
                 // Re-arm the one timer only when the core's deadline moves.
                 core.armed = deadline;
                 if let Some(at) = deadline {
-                    this.sleep
-                        .as_mut()
-                        .reset(tokio::time::Instant::from_std(at));
-                    if this.sleep.as_mut().poll(cx).is_ready() {
+                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+                    if sleep.as_mut().poll(cx).is_ready() {
                         continue;
                     }
                 }
@@ -730,6 +743,46 @@ impl Future for Driver {
                 cx.waker().wake_by_ref();
             }
             return Poll::Pending;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inline(b: &[u8]) -> Chunk {
+        let mut buf = [0u8; HEADER_INLINE];
+        buf[..b.len()].copy_from_slice(b);
+        Chunk::inline(buf, b.len())
+    }
+
+    fn wire(q: &VecDeque<Chunk>) -> Vec<u8> {
+        q.iter().flat_map(|c| c.as_slice().to_vec()).collect()
+    }
+
+    #[test]
+    fn partial_writes_resume_inside_inline_and_shared_chunks() {
+        // A header, a payload and a digest, written in pieces of every size: what is left
+        // is always the tail of the same byte stream.
+        let head: Vec<u8> = (0..48).collect();
+        let data: Vec<u8> = (100..=255).collect();
+        let tail = [9u8, 8, 7, 6];
+        let all: Vec<u8> = [&head[..], &data[..], &tail[..]].concat();
+        for step in 1..=all.len() {
+            let mut q = VecDeque::from([
+                inline(&head),
+                Chunk::Bytes(Bytes::from(data.clone())),
+                inline(&tail),
+            ]);
+            let mut written = 0;
+            while !q.is_empty() {
+                let n = step.min(all.len() - written);
+                advance(&mut q, n);
+                written += n;
+                assert_eq!(wire(&q), &all[written..], "step {step}, written {written}");
+            }
+            assert_eq!(written, all.len());
         }
     }
 }

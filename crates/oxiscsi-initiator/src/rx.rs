@@ -66,6 +66,12 @@ impl Reader {
         !matches!(self.state, State::Shared)
     }
 
+    /// True when every byte read so far was a whole PDU and has been handed over: no
+    /// frame is half read, so nothing more is known to be on its way.
+    pub(crate) fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Shared) && self.shared.is_empty()
+    }
+
     /// The buffer the next read fills and the most bytes it may take.
     pub(crate) fn target(&mut self) -> (&mut BytesMut, u64) {
         match &mut self.state {
