@@ -107,7 +107,7 @@ impl Shared {
                 driver: None,
                 kicked: false,
                 armed: None,
-                portal: portal.clone(),
+                portal,
                 failure: None,
                 logged_out: false,
                 closed: None,

@@ -78,6 +78,18 @@ fn persistent(s: &SessionView) -> (String, u16) {
     }
 }
 
+/// iscsiadm's three lines for a failed login or logout ("Could not login to ...",
+/// "initiator reported error (N - TEXT)", then the reason).
+fn report_failure(what: &str, e: &CallError) {
+    eprintln!("oxiscsiadm: Could not {what}.");
+    eprintln!(
+        "oxiscsiadm: initiator reported error ({} - {})",
+        e.code,
+        code_text(e.code)
+    );
+    eprintln!("oxiscsiadm: {}", e.message);
+}
+
 /// iscsiadm's wording for its error codes (open-iscsi `iscsi_err.c`).
 fn code_text(code: i32) -> &'static str {
     match code {
@@ -133,13 +145,7 @@ pub(crate) fn login_nodes(keys: &[NodeKey], socket: &Path) -> Result<String, Fai
                 if e.code == 15 {
                     eprintln!("oxiscsiadm: {}", e.message);
                 } else {
-                    eprintln!("oxiscsiadm: Could not login to {}.", node_label(n));
-                    eprintln!(
-                        "oxiscsiadm: initiator reported error ({} - {})",
-                        e.code,
-                        code_text(e.code)
-                    );
-                    eprintln!("oxiscsiadm: {}", e.message);
+                    report_failure(&format!("login to {}", node_label(n)), &e);
                 }
                 last_err = Some(e.code);
             }
@@ -184,13 +190,7 @@ fn logout_sessions(
         match r {
             Ok(_) => println!("Logout of {} successful.", session_label(s)),
             Err(e) => {
-                eprintln!("oxiscsiadm: Could not logout of {}.", session_label(s));
-                eprintln!(
-                    "oxiscsiadm: initiator reported error ({} - {})",
-                    e.code,
-                    code_text(e.code)
-                );
-                eprintln!("oxiscsiadm: {}", e.message);
+                report_failure(&format!("logout of {}", session_label(s)), &e);
                 last_err = Some(e.code);
             }
         }
