@@ -380,18 +380,19 @@ fn advance(outq: &mut VecDeque<Chunk>, mut n: usize) {
 
 /// Read what the socket holds (bounded), feeding the core after each read. The lock
 /// taken for feeding is kept in `guard` for the caller, and over the next small read
-/// (one lock per wake-up, not one per read), but not over a large payload's read.
-/// Returns true when reading stopped early with more possibly waiting.
+/// (one lock per wake-up, not one per read). On a multi-thread runtime it is not held
+/// over a large payload's read, so callers on other workers can submit meanwhile; on a
+/// current-thread runtime nobody else can take it while this task runs.
 fn read<'a>(
     shared: &'a Shared,
     reader: &mut Reader,
     cx: &mut Context<'_>,
     guard: &mut Option<MutexGuard<'a, Core>>,
-    short_read_drains: bool,
+    current_thread: bool,
 ) -> bool {
     let stream = &shared.stream;
     for _ in 0..MORE_READS {
-        if reader.reads_large() {
+        if !current_thread && reader.reads_large() {
             *guard = None;
         }
         let (into, limit) = reader.target();
@@ -405,7 +406,7 @@ fn read<'a>(
                 if core.conn.is_closed() {
                     return false;
                 }
-                if n < room && short_read_drains && reader.at_boundary() {
+                if n < room && current_thread && reader.at_boundary() {
                     // A short read that ended on a PDU boundary took all the socket held
                     // (as nginx assumes): mark it not ready rather than pay a read that
                     // fails with EAGAIN. Bytes that arrive later raise a new edge, which
@@ -615,10 +616,11 @@ pub(crate) struct Driver {
     yield_before_flush: bool,
     yielded: bool,
     /// On a current-thread runtime the I/O driver only runs while this thread parks, so
-    /// readiness cannot change between a short read and clearing it. On a multi-thread
+    /// readiness cannot change between a short read and clearing it (on a multi-thread
     /// runtime another worker may record a new edge in between, and clearing it would
-    /// lose that wake-up: there the driver reads until EAGAIN.
-    short_read_drains: bool,
+    /// lose that wake-up: there the driver reads until EAGAIN), and no other task can
+    /// want the core's lock while the driver holds it.
+    current_thread: bool,
 }
 
 impl Driver {
@@ -634,7 +636,7 @@ impl Driver {
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             yield_before_flush: !current_thread,
             yielded: false,
-            short_read_drains: current_thread,
+            current_thread,
         }
     }
 }
@@ -681,13 +683,13 @@ impl Future for Driver {
             sleep,
             yield_before_flush,
             yielded,
-            short_read_drains,
+            current_thread,
         } = self.get_mut();
         let shared: &Shared = shared;
         let _enter = shared.span.enter();
         loop {
             let mut guard = None;
-            let more = read(shared, reader, cx, &mut guard, *short_read_drains);
+            let more = read(shared, reader, cx, &mut guard, *current_thread);
             let mut core = match guard {
                 Some(g) => g,
                 None => shared.lock(),

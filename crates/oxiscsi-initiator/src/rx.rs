@@ -12,7 +12,7 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use oxiscsi_proto::pdu::{DataIn, Framer, Pdu};
 use oxiscsi_proto::session::InitiatorConnection;
 
@@ -106,7 +106,10 @@ impl Reader {
 
     /// Hand every complete PDU to the core.
     pub(crate) fn feed(&mut self, conn: &mut InitiatorConnection) {
-        let now = Instant::now();
+        // Most feeds follow a read in the middle of a payload and hand nothing over:
+        // the clock is read once something is.
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
         match &mut self.state {
             State::Shared => {}
             State::Large { frame, total } => {
@@ -116,7 +119,7 @@ impl Reader {
                 let frame = std::mem::take(frame).freeze();
                 self.state = State::Shared;
                 match self.framer.decode_frame(frame) {
-                    Ok(pdu) => conn.handle_pdu(now, pdu),
+                    Ok(pdu) => conn.handle_pdu(now(), pdu),
                     Err(e) => return conn.handle_frame_error(e),
                 }
             }
@@ -150,7 +153,7 @@ impl Reader {
                 }
                 dst.truncate(len);
                 let Pdu::DataIn(header) = pdu else { return };
-                conn.handle_placed_data_in(now, header, dst);
+                conn.handle_placed_data_in(now(), header, dst);
             }
         }
         loop {
@@ -164,7 +167,7 @@ impl Reader {
                 Ok(None) => return,
                 Ok(Some(total)) if self.shared.len() >= total => {
                     match self.framer.decode(&mut self.shared) {
-                        Ok(Some(pdu)) => conn.handle_pdu(now, pdu),
+                        Ok(Some(pdu)) => conn.handle_pdu(now(), pdu),
                         Ok(None) => return,
                         Err(e) => return conn.handle_frame_error(e),
                     }
@@ -200,7 +203,7 @@ impl Reader {
         };
         let mut dst = conn.data_in_placement(&header, u32::try_from(len).ok()?)?;
         let tail_len = total - hlen - len;
-        let _ = self.shared.split_to(hlen);
+        self.shared.advance(hlen);
         // The frame is incomplete, so all that is left belongs to its payload and tail.
         dst.extend_from_slice(&self.shared);
         self.shared.clear();

@@ -267,16 +267,28 @@ impl Framer {
 
     /// Decode one complete frame (as measured by [`Framer::check`]).
     pub fn decode_frame(&self, mut frame: Bytes) -> Result<Pdu, FrameError> {
+        if frame.len() < BHS_LEN || frame.len() < self.frame_len(&frame) {
+            return Err(FrameError {
+                error: DecodeError::Malformed {
+                    opcode: Opcode(frame.first().map_or(0, |b| b & 0x3f)),
+                    what: "frame shorter than its header announces",
+                    rule: "§11.2.1",
+                },
+                bhs: None,
+                resynced: false,
+            });
+        }
         let mut bhs = [0u8; BHS_LEN];
         bhs.copy_from_slice(&frame[..BHS_LEN]);
         let opcode = Opcode(bhs[0] & 0x3f);
         let itt = be32(&bhs, 16);
         let ahs_len = usize::from(bhs[4]) * 4;
         let dsl = u32::from_be_bytes([0, bhs[5], bhs[6], bhs[7]]) as usize;
-        let header = frame.split_to(BHS_LEN + ahs_len);
+        let hlen = BHS_LEN + ahs_len;
+        let mut at = hlen;
         if self.header_digest == Digest::Crc32c {
-            let received = frame.get_u32_le();
-            let computed = crc32c(&header);
+            let received = le32(&frame[at..at + 4]);
+            let computed = crc32c(&frame[..hlen]);
             if received != computed {
                 return Err(FrameError {
                     error: DecodeError::HeaderDigest {
@@ -288,13 +300,21 @@ impl Framer {
                     resynced: false,
                 });
             }
+            at += 4;
         }
+        // Slices and the payload share the frame's buffer: an AHS (rare on this path)
+        // takes a reference of its own; the payload is the frame itself, narrowed, so a
+        // PDU costs one reference count pair, not one per part.
+        let ahs = if ahs_len > 0 {
+            frame.slice(BHS_LEN..hlen)
+        } else {
+            Bytes::new()
+        };
         let data = if dsl > 0 {
             let padded = dsl + pad4(dsl);
-            let with_pad = frame.split_to(padded);
             if self.data_digest == Digest::Crc32c {
-                let received = frame.get_u32_le();
-                let computed = crc32c(&with_pad);
+                let received = le32(&frame[at + padded..at + padded + 4]);
+                let computed = crc32c(&frame[at..at + padded]);
                 if received != computed {
                     return Err(FrameError {
                         error: DecodeError::DataDigest {
@@ -308,11 +328,13 @@ impl Framer {
                     });
                 }
             }
-            with_pad.slice(..dsl)
+            frame.advance(at);
+            frame.truncate(dsl);
+            frame
         } else {
             Bytes::new()
         };
-        Pdu::decode(&bhs, &header[BHS_LEN..], data).map_err(|error| FrameError {
+        Pdu::decode(&bhs, &ahs, data).map_err(|error| FrameError {
             error,
             bhs: Some(bhs),
             resynced: true,
@@ -429,4 +451,7 @@ impl EncodedPdu {
         }
         v
     }
+}
+fn le32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }

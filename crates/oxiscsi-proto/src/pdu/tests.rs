@@ -471,6 +471,34 @@ proptest! {
         let framer = Framer { header_digest: hd, data_digest: dd, max_recv_data_segment: 8192 };
         let mut buf = BytesMut::from(&bytes[..]);
         while let Ok(Some(_)) = framer.decode(&mut buf) {}
+        // decode_frame is public: a frame that is not whole is an error, not a panic.
+        let _ = framer.decode_frame(Bytes::from(bytes));
+    }
+}
+
+#[test]
+fn truncated_frame_is_an_error() {
+    let pdu = Pdu::NopOut(NopOut {
+        immediate: true,
+        lun: Lun(0),
+        itt: 7,
+        ttt: RESERVED_TAG,
+        cmd_sn: SerialNumber(1),
+        exp_stat_sn: SerialNumber(1),
+        data: Bytes::from_static(b"ping"),
+    });
+    let wire = Framer::encode(&pdu, Digest::Crc32c, Digest::Crc32c).to_vec();
+    let framer = Framer {
+        header_digest: Digest::Crc32c,
+        data_digest: Digest::Crc32c,
+        max_recv_data_segment: 8192,
+    };
+    assert_eq!(framer.decode_frame(Bytes::from(wire.clone())).unwrap(), pdu);
+    for cut in [0, 20, 48, 52, wire.len() - 1] {
+        let err = framer
+            .decode_frame(Bytes::copy_from_slice(&wire[..cut]))
+            .unwrap_err();
+        assert!(err.to_string().contains("shorter than its header"), "{err}");
     }
 }
 

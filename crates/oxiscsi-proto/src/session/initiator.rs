@@ -732,7 +732,7 @@ impl InitiatorConnection {
         Ok(())
     }
 
-    fn on_data_in(&mut self, d: DataIn) -> Result<(), ProtocolError> {
+    fn on_data_in(&mut self, mut d: DataIn) -> Result<(), ProtocolError> {
         let Some(task) = self
             .tasks
             .get_mut(&d.itt)
@@ -749,7 +749,8 @@ impl InitiatorConnection {
                 rule: "§11.7",
             });
         }
-        task.accept_data_in(d.data_sn, d.buffer_offset, d.data.clone())?;
+        let data = std::mem::take(&mut d.data);
+        task.accept_data_in(d.data_sn, d.buffer_offset, data)?;
         self.finish_data_in(d)
     }
 
