@@ -28,7 +28,8 @@
 //!   (code 28, busy) while a device is open or mounted unless `force`; code 2 when no
 //!   session has that sid.
 //! - `sessions` -> `[Session]`; `session` {sid} -> `Session`.
-//! - `stats` {sid} -> [`Stats`]; `rescan` {sid} -> `Session` (LUNs added/removed).
+//! - `stats` {sid} -> [`Stats`]; `rescan` {sid} -> `Session` (LUNs added/removed,
+//!   partition tables re-read; each LUN lists its `partitions`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -149,6 +150,9 @@ pub struct LunView {
     pub device: String,
     /// The stable link (`RUNDIR/by-path/ip-...-lun-N`).
     pub by_path: String,
+    /// The device's partitions (`/dev/loopNpM`), each also linked as `<by_path>-partM`.
+    #[serde(default)]
+    pub partitions: Vec<String>,
     /// "running", or why the LUN has no device.
     pub state: String,
 }

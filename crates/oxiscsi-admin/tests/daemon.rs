@@ -193,6 +193,22 @@ fn device_of(root: &Path, portal: &str, iqn: &str, lun: u16) -> PathBuf {
     std::fs::read_link(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()))
 }
 
+/// An MBR partition table with Linux partitions of (first sector, sectors).
+fn write_mbr(dev: &Path, parts: &[(u32, u32)]) {
+    let mut mbr = [0u8; 512];
+    for (i, (first, sectors)) in parts.iter().enumerate() {
+        let e = &mut mbr[446 + 16 * i..446 + 16 * (i + 1)];
+        e[4] = 0x83;
+        e[8..12].copy_from_slice(&first.to_le_bytes());
+        e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.write_all(&mbr).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn checksum(data: &[u8]) -> u64 {
     // FNV-1a: enough to tell files apart.
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -415,6 +431,47 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     assert!(out.starts_with("Rescanning session [sid: 2,"), "{out}");
     let dev2 = device_of(&root, &portal, IQN, 2);
     assert!(dev2.exists());
+
+    // A partition table written on the new LUN: a rescan re-reads it (as partprobe
+    // would), each partition gets a by-path link named as udev names them (-partN), and
+    // a partition in use keeps the session from logging out.
+    write_mbr(&dev2, &[(2048, 8192), (10240, 4096)]);
+    ok(&root, &["-m", "session", "-R"]);
+    let dname = dev2.file_name().unwrap().to_str().unwrap().to_string();
+    let part_link = |n: u32| {
+        root.join("run/by-path")
+            .join(format!("ip-{portal}-iscsi-{IQN}-lun-2-part{n}"))
+    };
+    let js: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["-m", "session", "--json"])).unwrap();
+    if Path::new(&format!("/sys/block/{dname}/{dname}p1")).exists() {
+        for (n, sectors) in [(1, 8192u64), (2, 4096)] {
+            let link = part_link(n);
+            let part =
+                std::fs::read_link(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+            assert_eq!(part, PathBuf::from(format!("/dev/{dname}p{n}")));
+            let size =
+                std::fs::read_to_string(format!("/sys/block/{dname}/{dname}p{n}/size")).unwrap();
+            assert_eq!(size.trim().parse::<u64>().unwrap(), sectors);
+        }
+        assert_eq!(
+            js[0]["luns"][1]["partitions"],
+            serde_json::json!([format!("/dev/{dname}p1"), format!("/dev/{dname}p2")])
+        );
+        let _held = std::fs::File::open(format!("/dev/{dname}p1")).unwrap();
+        let (code, _, err) = adm(&root, &["-m", "node", "-T", IQN, "-u"]);
+        assert_eq!(code, 28, "{err}");
+        assert!(
+            err.contains(&format!("{dname}p1 is open by process")),
+            "{err}"
+        );
+    } else {
+        // Some kernels parse no partition tables at all (this project's CI VM: no
+        // CONFIG_MSDOS_PARTITION / CONFIG_EFI_PARTITION): then there is nothing to link.
+        eprintln!("the kernel found no partitions on {dname}: partition links not checked");
+        assert!(!part_link(1).exists());
+        assert_eq!(js[0]["luns"][1]["partitions"], serde_json::json!([]));
+    }
 
     // startup=automatic: the session comes back when the daemon restarts.
     set(&root, Some(IQN), "node.startup", "automatic");

@@ -1,5 +1,6 @@
-//! Loop devices over the LUN files (linux/loop.h ioctls): attach with a block size and,
-//! where the kernel allows it, direct I/O; detach; find who holds one.
+//! Loop devices over the LUN files (linux/loop.h ioctls): attach with a block size,
+//! partition scanning (a partitioned LUN shows `loopNp1`.. as a disk shows `sdb1`..)
+//! and, where the kernel allows it, direct I/O; detach; find who holds one.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -10,6 +11,10 @@ const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
 const LOOP_SET_DIRECT_IO: libc::c_ulong = 0x4C08;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+/// `LO_FLAGS_PARTSCAN`: the kernel reads the partition table (loopNpM devices).
+const LO_FLAGS_PARTSCAN: u32 = 8;
+/// `BLKRRPART` (linux/fs.h): re-read the partition table.
+const BLKRRPART: libc::c_ulong = 0x125F;
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 
@@ -106,7 +111,7 @@ pub fn attach(file: &Path, block_size: u32, direct_io: bool) -> Result<LoopDevic
                 lo_number: 0,
                 lo_encrypt_type: 0,
                 lo_encrypt_key_size: 0,
-                lo_flags: 0,
+                lo_flags: LO_FLAGS_PARTSCAN,
                 lo_file_name: name,
                 lo_crypt_name: [0; LO_NAME_SIZE],
                 lo_encrypt_key: [0; LO_KEY_SIZE],
@@ -174,39 +179,77 @@ impl LoopDevice {
         Ok(())
     }
 
-    /// `major:minor` of the device.
-    pub fn dev_id(&self) -> Option<(u32, u32)> {
-        use std::os::unix::fs::MetadataExt;
-        let rdev = std::fs::metadata(&self.path).ok()?.rdev();
-        Some((libc::major(rdev), libc::minor(rdev)))
+    /// Another handle on the same attached device, for a blocking call off the runtime.
+    pub fn try_clone(&self) -> Result<LoopDevice, String> {
+        Ok(LoopDevice {
+            path: self.path.clone(),
+            dev: self
+                .dev
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", self.path.display()))?,
+            direct_io: self.direct_io,
+        })
     }
 
-    /// Who uses the device besides us: a mount, a holder (dm, md) or a process that has
-    /// it open. `None` when it is free.
+    /// Ask the kernel to read the partition table again (after it was changed by a
+    /// tool that did not, or on a rescan). Fails with EBUSY while a partition is in use.
+    pub fn reread_partitions(&self) -> Result<(), String> {
+        // SAFETY: BLKRRPART takes no argument; the fd is our open loop device.
+        let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), BLKRRPART, 0 as libc::c_ulong) };
+        if r < 0 {
+            return Err(last_os_error(&format!(
+                "cannot re-read the partition table of {}",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The device's partitions as the kernel knows them: (number, `/dev/loopNpM`),
+    /// in order.
+    pub fn partitions(&self) -> Vec<(u32, PathBuf)> {
+        match self.path.file_name() {
+            Some(n) => partitions_in(Path::new("/sys/block"), &n.to_string_lossy()),
+            None => Vec::new(),
+        }
+    }
+
+    /// Who uses the device or one of its partitions besides us: a mount, a holder (dm,
+    /// md) or a process that has it open. `None` when it is free.
     pub fn busy(&self) -> Option<String> {
         let name = self.path.file_name()?.to_string_lossy().into_owned();
-        if let Some((maj, min)) = self.dev_id() {
-            let id = format!("{maj}:{min}");
-            if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
-                for line in mi.lines() {
+        // The whole device and each partition, with its sysfs directory.
+        let mut devs = vec![(
+            self.path.clone(),
+            PathBuf::from(format!("/sys/block/{name}")),
+        )];
+        for (_, p) in self.partitions() {
+            let pname = p.file_name()?.to_string_lossy().into_owned();
+            devs.push((p, PathBuf::from(format!("/sys/block/{name}/{pname}"))));
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for (path, sys) in &devs {
+            if let Some((maj, min)) = dev_id(path) {
+                let id = format!("{maj}:{min}");
+                for line in mountinfo.lines() {
                     let f: Vec<&str> = line.split(' ').collect();
                     if f.get(2) == Some(&id.as_str()) {
                         return Some(format!(
                             "{} is mounted on {}",
-                            self.path.display(),
+                            path.display(),
                             f.get(4).unwrap_or(&"?")
                         ));
                     }
                 }
             }
-        }
-        if let Ok(h) = std::fs::read_dir(format!("/sys/block/{name}/holders")) {
-            if let Some(e) = h.flatten().next() {
-                return Some(format!(
-                    "{} is held by {}",
-                    self.path.display(),
-                    e.file_name().to_string_lossy()
-                ));
+            if let Ok(h) = std::fs::read_dir(sys.join("holders")) {
+                if let Some(e) = h.flatten().next() {
+                    return Some(format!(
+                        "{} is held by {}",
+                        path.display(),
+                        e.file_name().to_string_lossy()
+                    ));
+                }
             }
         }
         let me = std::process::id().to_string();
@@ -219,11 +262,14 @@ impl LoopDevice {
                 continue;
             };
             for fd in fds.flatten() {
-                if std::fs::read_link(fd.path()).is_ok_and(|t| t == self.path) {
+                let Ok(t) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                if let Some((path, _)) = devs.iter().find(|(d, _)| *d == t) {
                     let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
                     return Some(format!(
                         "{} is open by process {pid} ({})",
-                        self.path.display(),
+                        path.display(),
                         comm.trim()
                     ));
                 }
@@ -231,6 +277,36 @@ impl LoopDevice {
         }
         None
     }
+}
+
+/// Partitions of block device `name` as listed under `sys_block` (/sys/block):
+/// subdirectories named after the device with a `partition` number file.
+fn partitions_in(sys_block: &Path, name: &str) -> Vec<(u32, PathBuf)> {
+    let mut parts = Vec::new();
+    let Ok(rd) = std::fs::read_dir(sys_block.join(name)) else {
+        return parts;
+    };
+    for e in rd.flatten() {
+        let part = e.file_name().to_string_lossy().into_owned();
+        if !part.starts_with(name) {
+            continue;
+        }
+        let Ok(n) = std::fs::read_to_string(e.path().join("partition")) else {
+            continue;
+        };
+        if let Ok(n) = n.trim().parse::<u32>() {
+            parts.push((n, PathBuf::from(format!("/dev/{part}"))));
+        }
+    }
+    parts.sort();
+    parts
+}
+
+/// `major:minor` of a device node.
+fn dev_id(path: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).ok()?.rdev();
+    Some((libc::major(rdev), libc::minor(rdev)))
 }
 
 /// Detach loop devices whose backing file lies under `dir` (left by a daemon that
@@ -264,4 +340,32 @@ pub fn detach_stale(dir: &Path) -> Vec<PathBuf> {
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_from_sysfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("loop3");
+        for (d, n) in [("loop3p2", "2"), ("loop3p1", "1"), ("loop3p10", "10")] {
+            std::fs::create_dir_all(dev.join(d)).unwrap();
+            std::fs::write(dev.join(d).join("partition"), format!("{n}\n")).unwrap();
+        }
+        // Not partitions: attributes, queue/, holders/, a directory without a number.
+        std::fs::create_dir_all(dev.join("queue")).unwrap();
+        std::fs::create_dir_all(dev.join("loop3p9")).unwrap();
+        std::fs::write(dev.join("size"), "16384\n").unwrap();
+        assert_eq!(
+            partitions_in(dir.path(), "loop3"),
+            vec![
+                (1, PathBuf::from("/dev/loop3p1")),
+                (2, PathBuf::from("/dev/loop3p2")),
+                (10, PathBuf::from("/dev/loop3p10")),
+            ]
+        );
+        assert!(partitions_in(dir.path(), "loop4").is_empty());
+    }
 }

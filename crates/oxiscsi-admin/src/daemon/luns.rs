@@ -436,6 +436,8 @@ pub struct Lun {
     file: Option<PathBuf>,
     device: Option<LoopDevice>,
     by_path: Option<PathBuf>,
+    /// `<by_path>-partM` links to the device's partitions.
+    part_links: Vec<PathBuf>,
     /// "running", or why the LUN has no device.
     state: String,
 }
@@ -539,6 +541,7 @@ impl Attacher {
             file: None,
             device: None,
             by_path: None,
+            part_links: Vec::new(),
             state: String::new(),
         };
         match session.inquiry(lun).await {
@@ -610,6 +613,7 @@ impl Attacher {
                 tracing::info!(sid, lun, device = %dev.path.display(), direct_io = dev.direct_io, "LUN attached");
                 l.device = Some(dev);
                 l.state = "running".into();
+                self.link_partitions(&mut l, node);
             }
             Ok(Err(e)) => {
                 tracing::warn!(sid, lun, "{e}");
@@ -618,6 +622,24 @@ impl Attacher {
             Err(e) => l.state = format!("file only: {e}"),
         }
         l
+    }
+
+    /// Point `<by-path link>-partM` at each partition the kernel found on the device
+    /// (udev's by-path names for partitions), dropping links to partitions now gone.
+    fn link_partitions(&self, l: &mut Lun, node: &NodeRef) {
+        for link in l.part_links.drain(..) {
+            let _ = std::fs::remove_file(link);
+        }
+        let Some(dev) = &l.device else { return };
+        let base = by_path_name(node, l.lun);
+        for (n, part) in dev.partitions() {
+            let link = self.by_path.join(format!("{base}-part{n}"));
+            let _ = std::fs::remove_file(&link);
+            match std::os::unix::fs::symlink(&part, &link) {
+                Ok(()) => l.part_links.push(link),
+                Err(e) => tracing::warn!("cannot create {}: {e}", link.display()),
+            }
+        }
     }
 
     /// Why the LUN's device cannot be taken away now, if it cannot.
@@ -647,7 +669,7 @@ impl Attacher {
     /// CACHE. Every step runs even if one fails; the failures are returned.
     pub async fn detach(&self, mut l: Lun, session: &Session, force: bool) -> Result<(), String> {
         let mut problems = Vec::new();
-        if let Some(link) = l.by_path.take() {
+        for link in l.part_links.drain(..).chain(l.by_path.take()) {
             let _ = std::fs::remove_file(link);
         }
         if let Some(dev) = l.device.take() {
@@ -726,6 +748,16 @@ impl Attacher {
                         }
                     }
                 }
+                // Pick up partition tables written since (as partprobe would; EBUSY while
+                // a partition is in use leaves the kernel's view, and the links, as is).
+                if let Some(dev) = l.device.as_ref().and_then(|d| d.try_clone().ok()) {
+                    if let Ok(Err(e)) =
+                        tokio::task::spawn_blocking(move || dev.reread_partitions()).await
+                    {
+                        tracing::debug!(sid, lun = l.lun, "{e}");
+                    }
+                }
+                self.link_partitions(&mut l, node);
                 kept.push(l);
             } else {
                 tracing::info!(sid, lun = l.lun, "LUN is gone; detaching");
@@ -763,6 +795,16 @@ impl Attacher {
                 .map(|d| d.path.display().to_string())
                 .unwrap_or_default(),
             by_path: s(&l.by_path),
+            partitions: l
+                .device
+                .as_ref()
+                .map(|d| {
+                    d.partitions()
+                        .into_iter()
+                        .map(|(_, p)| p.display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
             state: l.state.clone(),
         }
     }
