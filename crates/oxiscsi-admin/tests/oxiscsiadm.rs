@@ -502,8 +502,9 @@ fn sendtargets_discovery_records_nodes_and_fails_clearly() {
             "10.0.0.9",
         ],
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 6, "{err}");
     assert!(err.contains("iscsid.conf:2"), "{err}");
+    assert!(err.contains("fix or remove that line"), "{err}");
     assert_eq!(adm(r, &["-m", "node", "-T", "iqn.2026-11.test:x"]).0, 21);
     std::fs::remove_file(r.join("iscsid.conf")).unwrap();
     // Nothing listens: exit 4 with the portal named.
@@ -541,7 +542,7 @@ fn import_takes_an_open_iscsi_tree_and_refuses_a_broken_one() {
     .unwrap();
     let r2 = d.path().join("db2");
     let (code, _, err) = adm(&r2, &["--import", bad.to_str().unwrap()]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 6, "{err}");
     assert!(err.contains("1.2.3.4,3260:line 3"), "{err}");
     assert!(!r2.join("nodes").exists());
 }

@@ -29,6 +29,10 @@ pub mod exit {
     pub const AUTH: i32 = 24;
     /// No records found (ISCSI_ERR_NO_OBJS_FOUND).
     pub const NO_OBJS: i32 = 21;
+    /// The DB or iscsid.conf cannot be read or does not parse (ISCSI_ERR_IDBM).
+    pub const IDBM: i32 = 6;
+    /// Permission denied (ISCSI_ERR_ACCESS).
+    pub const ACCESS: i32 = 13;
 }
 
 /// A failure with iscsiadm's exit code and message.
@@ -46,8 +50,21 @@ pub(crate) fn fail(code: i32, message: impl Into<String>) -> Failure {
 }
 
 impl From<DbError> for Failure {
+    /// iscsiadm's codes for DB failures: 13 when permission is denied, else 6, with what
+    /// to do about a file that does not parse.
     fn from(e: DbError) -> Self {
-        fail(exit::ERR, e.to_string())
+        match &e {
+            DbError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                fail(
+                    exit::ACCESS,
+                    format!("{e} (run as root, or pass --root DIR)"),
+                )
+            }
+            DbError::Io { .. } => fail(exit::IDBM, e.to_string()),
+            DbError::Record { .. } | DbError::Conf { .. } => {
+                fail(exit::IDBM, format!("{e} (fix or remove that line)"))
+            }
+        }
     }
 }
 
@@ -579,9 +596,13 @@ fn import(src: &std::path::Path, db: &Db) -> Result<String, Failure> {
     }
     let mut records = Vec::new();
     for (abs, rel) in &files {
-        let r = db
-            .read(abs)
-            .map_err(|e| fail(exit::ERR, format!("import refused, nothing written: {e}")))?;
+        let r = db.read(abs).map_err(|e| {
+            let f = Failure::from(e);
+            fail(
+                f.code,
+                format!("import refused, nothing written: {}", f.message),
+            )
+        })?;
         records.push((rel.clone(), r));
     }
     let _lock = db.lock()?;
@@ -592,9 +613,10 @@ fn import(src: &std::path::Path, db: &Db) -> Result<String, Failure> {
     for f in ["iscsid.conf", "initiatorname.iscsi"] {
         let from = src.join(f);
         if from.is_file() {
-            std::fs::create_dir_all(db.root()).map_err(|e| fail(exit::ERR, e.to_string()))?;
+            std::fs::create_dir_all(db.root())
+                .map_err(|e| fail(exit::IDBM, format!("{}: {e}", db.root().display())))?;
             std::fs::copy(&from, db.root().join(f))
-                .map_err(|e| fail(exit::ERR, format!("{}: {e}", from.display())))?;
+                .map_err(|e| fail(exit::IDBM, format!("{}: {e}", from.display())))?;
             extra += 1;
         }
     }
