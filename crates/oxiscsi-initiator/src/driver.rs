@@ -382,7 +382,8 @@ fn advance(outq: &mut VecDeque<Chunk>, mut n: usize) {
 /// taken for feeding is kept in `guard` for the caller, and over the next small read
 /// (one lock per wake-up, not one per read). On a multi-thread runtime it is not held
 /// over a large payload's read, so callers on other workers can submit meanwhile; on a
-/// current-thread runtime nobody else can take it while this task runs.
+/// current-thread runtime nobody else can take it while this task runs. Returns true
+/// when reading stopped early with more possibly waiting.
 fn read<'a>(
     shared: &'a Shared,
     reader: &mut Reader,
