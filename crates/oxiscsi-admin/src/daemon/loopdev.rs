@@ -58,6 +58,17 @@ fn last_os_error(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 
+/// An ioctl that takes no argument (LOOP_CLR_FD, BLKRRPART) on an open device.
+fn ioctl_no_arg(dev: &File, request: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: `request` is one that takes no argument (the third is ignored and no
+    // memory is passed); the fd is open for the duration of the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), request, 0 as libc::c_ulong) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Attach `file` to a free loop device with `block_size`-byte sectors; ask for direct
 /// I/O when `direct_io` (kept only if the kernel accepts it for this file).
 pub fn attach(file: &Path, block_size: u32, direct_io: bool) -> Result<LoopDevice, String> {
@@ -168,15 +179,8 @@ impl LoopDevice {
     /// Detach. With the device still open elsewhere the kernel detaches it when the
     /// last user closes it (autoclear).
     pub fn detach(self) -> Result<(), String> {
-        // SAFETY: LOOP_CLR_FD takes no argument; the fd is our open loop device.
-        let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), LOOP_CLR_FD, 0 as libc::c_ulong) };
-        if r < 0 {
-            return Err(last_os_error(&format!(
-                "cannot detach {}",
-                self.path.display()
-            )));
-        }
-        Ok(())
+        ioctl_no_arg(&self.dev, LOOP_CLR_FD)
+            .map_err(|e| format!("cannot detach {}: {e}", self.path.display()))
     }
 
     /// Another handle on the same attached device, for a blocking call off the runtime.
@@ -194,15 +198,12 @@ impl LoopDevice {
     /// Ask the kernel to read the partition table again (after it was changed by a
     /// tool that did not, or on a rescan). Fails with EBUSY while a partition is in use.
     pub fn reread_partitions(&self) -> Result<(), String> {
-        // SAFETY: BLKRRPART takes no argument; the fd is our open loop device.
-        let r = unsafe { libc::ioctl(self.dev.as_raw_fd(), BLKRRPART, 0 as libc::c_ulong) };
-        if r < 0 {
-            return Err(last_os_error(&format!(
-                "cannot re-read the partition table of {}",
+        ioctl_no_arg(&self.dev, BLKRRPART).map_err(|e| {
+            format!(
+                "cannot re-read the partition table of {}: {e}",
                 self.path.display()
-            )));
-        }
-        Ok(())
+            )
+        })
     }
 
     /// The device's partitions as the kernel knows them: (number, `/dev/loopNpM`),
@@ -333,9 +334,7 @@ pub fn detach_stale(dir: &Path) -> Vec<PathBuf> {
         let Ok(dev) = OpenOptions::new().read(true).open(&path) else {
             continue;
         };
-        // SAFETY: LOOP_CLR_FD takes no argument; `dev` is an open loop device.
-        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0 as libc::c_ulong) };
-        if r == 0 {
+        if ioctl_no_arg(&dev, LOOP_CLR_FD).is_ok() {
             done.push(path);
         }
     }
