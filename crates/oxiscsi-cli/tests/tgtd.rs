@@ -276,16 +276,21 @@ async fn sixty_four_mib_qd1_and_qd32_bit_exact() {
     s.logout().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn digests_on_both_ways() {
-    let t = Tgtd::start();
-    t.target(1, IQN, &[16 << 20]);
+/// Target 1 of `t` and our config both require CRC32C header and data digests.
+fn digests_required(t: &Tgtd) -> oxiscsi_initiator::SessionConfig {
     t.set(1, "HeaderDigest", "CRC32C");
     t.set(1, "DataDigest", "CRC32C");
     let mut cfg = t.config(IQN);
     cfg.header_digest = DigestChoice::Crc32c;
     cfg.data_digest = DigestChoice::Crc32c;
-    let s = Session::connect(cfg.clone())
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_on_both_ways() {
+    let t = Tgtd::start();
+    t.target(1, IQN, &[16 << 20]);
+    let s = Session::connect(digests_required(&t))
         .await
         .expect("login with digests");
     assert_eq!(s.info().params.header_digest, Digest::Crc32c);
@@ -311,12 +316,9 @@ async fn digests_on_both_ways() {
 async fn discarded_reads_beside_kept_reads() {
     let t = Tgtd::start();
     t.target(1, IQN, &[8 << 20]);
-    t.set(1, "HeaderDigest", "CRC32C");
-    t.set(1, "DataDigest", "CRC32C");
-    let mut cfg = t.config(IQN);
-    cfg.header_digest = DigestChoice::Crc32c;
-    cfg.data_digest = DigestChoice::Crc32c;
-    let s = Session::connect(cfg).await.expect("login with digests");
+    let s = Session::connect(digests_required(&t))
+        .await
+        .expect("login with digests");
     let data = Arc::new(seeded(0xd15c, 8 << 20));
     s.write(1, 0, Bytes::copy_from_slice(&data[..4 << 20]))
         .await
