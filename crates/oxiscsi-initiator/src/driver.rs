@@ -8,7 +8,7 @@
 //! driver → socket, socket → driver → caller) and a channel send, a semaphore permit and a
 //! oneshot; perf showed that bookkeeping as most of the initiator's user-space time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use oxiscsi_proto::pdu::{Framer, TmfResponse, HEADER_INLINE};
+use oxiscsi_proto::session::task::TagMap;
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
 use oxiscsi_proto::Digest;
 use tokio::net::TcpStream;
@@ -56,7 +57,7 @@ pub(crate) struct Core {
     dd: Digest,
     /// Encoded PDUs not yet written, in wire order.
     outq: VecDeque<Chunk>,
-    waiters: HashMap<TaskId, Waiter>,
+    waiters: TagMap<TaskId, Waiter>,
     /// Commands holding a queue slot, and how many may (like open-iscsi's cmds_max).
     active: usize,
     queue_depth: usize,
@@ -99,7 +100,7 @@ impl Shared {
                 hd,
                 dd,
                 outq: VecDeque::new(),
-                waiters: HashMap::new(),
+                waiters: TagMap::default(),
                 active: 0,
                 queue_depth: queue_depth.max(1),
                 slot_queue: VecDeque::new(),

@@ -13,14 +13,14 @@
 //!    until [`poll_timeout`](InitiatorConnection::poll_timeout) and call
 //!    [`handle_timeout`](InitiatorConnection::handle_timeout).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::error::{ProtocolError, TaskError};
 use super::task::{
-    data_out_sequence, unsolicited_plan, Command, Residual, ScsiResult, Task, TaskKind,
+    data_out_sequence, unsolicited_plan, Command, Residual, ScsiResult, TagMap, Task, TaskKind,
     UNSOLICITED_TTT,
 };
 use super::timers::{Timer, TimerTable};
@@ -126,7 +126,7 @@ pub struct InitiatorConnection {
     cid: u16,
     window: CmdWindow,
     exp_stat_sn: SerialNumber,
-    tasks: HashMap<u32, Task>,
+    tasks: TagMap<u32, Task>,
     /// Tasks waiting for the command window, in submission order.
     queue: VecDeque<u32>,
     next_itt: u32,
@@ -173,7 +173,7 @@ impl InitiatorConnection {
             cfg,
             params,
             rx,
-            tasks: HashMap::new(),
+            tasks: TagMap::default(),
             queue: VecDeque::new(),
             next_itt: 0x100,
             outq: VecDeque::new(),
