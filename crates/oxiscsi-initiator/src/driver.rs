@@ -32,6 +32,8 @@ use crate::rx::Reader;
 const MAX_IOV: usize = 64;
 /// Reads per driver wake-up before it lets the callers it woke run.
 const MORE_READS: usize = 16;
+/// A payload with at least this much still to come is waited for whole (`SO_RCVLOWAT`).
+const LOWAT_FROM: usize = 64 * 1024;
 
 /// What a finished exchange hands its caller.
 pub(crate) enum Outcome {
@@ -391,6 +393,7 @@ fn read<'a>(
     cx: &mut Context<'_>,
     guard: &mut Option<MutexGuard<'a, Core>>,
     current_thread: bool,
+    lowat: &mut usize,
 ) -> bool {
     let stream = &shared.stream;
     for _ in 0..MORE_READS {
@@ -420,6 +423,7 @@ fn read<'a>(
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                set_lowat(stream, lowat, reader.frame_remaining());
                 match stream.poll_read_ready(cx) {
                     Poll::Pending => return false,
                     Poll::Ready(Ok(())) => continue,
@@ -435,6 +439,42 @@ fn read<'a>(
         return false;
     }
     true
+}
+
+/// Before waiting for the socket: when a large payload is half read, ask the kernel to
+/// wake us once the rest of it is there (`SO_RCVLOWAT`; the kernel caps it at half of
+/// tcp_rmem's maximum and grows the receive buffer to fit) instead of at every segment
+/// that arrives. A 1 MiB Data-In otherwise cost ~12 wake-ups (epoll_wait, a context
+/// switch and a read each; libiscsi pays the same), with it ~5. The mark never exceeds
+/// what the current frame still owes, and goes back to 1 byte below [`LOWAT_FROM`] and
+/// between frames, so nothing that must arrive is waited past (a closed connection wakes
+/// the reader whatever the mark). Setting it also wakes us at once if the bytes are
+/// already queued (tcp_set_rcvlowat), so no edge is lost. `current` tracks the kernel's
+/// value: a refused call leaves both unchanged.
+fn set_lowat(stream: &TcpStream, current: &mut usize, remaining: usize) {
+    let want = if remaining >= LOWAT_FROM {
+        remaining.min(i32::MAX as usize)
+    } else {
+        1
+    };
+    if want == *current {
+        return;
+    }
+    let val = want as libc::c_int;
+    // SAFETY: setsockopt on the socket's own open descriptor with a pointer to a c_int
+    // that outlives the call and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        *current = want;
+    }
 }
 
 /// Takes a queue slot (first come, first served) and submits one SCSI command; resolves
@@ -617,6 +657,8 @@ pub(crate) struct Driver {
     /// it after every caller woken before it.
     yield_before_flush: bool,
     yielded: bool,
+    /// The socket's `SO_RCVLOWAT` as last set (see [`set_lowat`]).
+    lowat: usize,
     /// On a current-thread runtime the I/O driver only runs while this thread parks, so
     /// readiness cannot change between a short read and clearing it (on a multi-thread
     /// runtime another worker may record a new edge in between, and clearing it would
@@ -638,6 +680,7 @@ impl Driver {
             sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             yield_before_flush: !current_thread,
             yielded: false,
+            lowat: 1,
             current_thread,
         }
     }
@@ -686,12 +729,13 @@ impl Future for Driver {
             yield_before_flush,
             yielded,
             current_thread,
+            lowat,
         } = self.get_mut();
         let shared: &Shared = shared;
         let _enter = shared.span.enter();
         loop {
             let mut guard = None;
-            let more = read(shared, reader, cx, &mut guard, *current_thread);
+            let more = read(shared, reader, cx, &mut guard, *current_thread, lowat);
             let mut core = match guard {
                 Some(g) => g,
                 None => shared.lock(),

@@ -66,6 +66,18 @@ impl Reader {
         !matches!(self.state, State::Shared)
     }
 
+    /// Bytes still to come for the large frame or placed payload being read (with its
+    /// padding/digest); 0 between frames.
+    pub(crate) fn frame_remaining(&self) -> usize {
+        match &self.state {
+            State::Shared => 0,
+            State::Large { frame, total } => total.saturating_sub(frame.len()),
+            State::Placed {
+                dst, len, tail_len, ..
+            } => (len + tail_len).saturating_sub(dst.len()),
+        }
+    }
+
     /// True when every byte read so far was a whole PDU and has been handed over: no
     /// frame is half read, so nothing more is known to be on its way.
     pub(crate) fn at_boundary(&self) -> bool {

@@ -29,6 +29,8 @@ enum Misbehave {
     Stall,
     /// Never answers SCSI commands; answers task management with "function complete".
     Silent,
+    /// A well-behaved answer sent slowly: the Data-In in 16 KiB pieces, 20 ms apart.
+    Trickle,
     /// A well-behaved answer (control case).
     Nothing,
 }
@@ -202,6 +204,17 @@ async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task:
                     f.stat_sn += 1;
                     f.send(&Pdu::DataIn(d)).await;
                 }
+                Misbehave::Trickle => {
+                    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                    let d = di(&f, Bytes::from(data));
+                    f.stat_sn += 1;
+                    let wire = Framer::encode(&Pdu::DataIn(d), f.tx.0, f.tx.1).to_vec();
+                    let _ = f.sock.set_nodelay(true);
+                    for piece in wire.chunks(16 * 1024) {
+                        f.send_raw(piece).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
                 Misbehave::MalformedBhs => {
                     let mut d = di(&f, Bytes::from(vec![0u8; len]));
                     d.final_ = true;
@@ -343,6 +356,54 @@ async fn well_behaved_fake_works() {
         .unwrap();
     assert_eq!(r.data.len(), 8192);
     fake.abort();
+}
+
+/// A large Data-In that arrives slowly in pieces, then small ones: the initiator waits
+/// for a large payload whole (SO_RCVLOWAT), and must go back to waking for every byte
+/// between frames, or the small PDUs after it would never wake it.
+async fn slow_pieces_then_small_pdus() {
+    let (portal, fake) = fake_target(Misbehave::Trickle, false).await;
+    let s = Session::connect(config(&portal)).await.unwrap();
+    for len in [256 * 1024u32, 8192, 200 * 1024, 512, 96 * 1024, 4096] {
+        let t0 = Instant::now();
+        let read = s.execute(
+            0,
+            vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+            Bytes::new(),
+            len,
+        );
+        let Ok(r) = tokio::time::timeout(Duration::from_secs(5), read).await else {
+            panic!("read of {len} bytes stalled");
+        };
+        let r = r.unwrap();
+        assert_eq!(r.data.len(), len as usize);
+        assert!(
+            r.data
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == (i % 251) as u8),
+            "read of {len} bytes: wrong data"
+        );
+        // Pieces 20 ms apart: the read takes about that per piece, never a timer's worth.
+        let pieces = (len as usize + 48).div_ceil(16 * 1024) as u32;
+        let bound = Duration::from_millis(20) * pieces + Duration::from_secs(1);
+        assert!(
+            t0.elapsed() < bound,
+            "read of {len} bytes took {:?}",
+            t0.elapsed()
+        );
+    }
+    fake.abort();
+}
+
+#[tokio::test]
+async fn large_payload_in_slow_pieces_then_small_pdus() {
+    slow_pieces_then_small_pdus().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payload_in_slow_pieces_then_small_pdus_multi_thread() {
+    slow_pieces_then_small_pdus().await;
 }
 
 #[tokio::test]
