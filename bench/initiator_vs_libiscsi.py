@@ -39,14 +39,15 @@ def wanted(only, name):
 
 
 def run_child(cmd):
-    """Run cmd, return (stdout, cpu seconds of the child)."""
+    """Run cmd, return (stdout, cpu seconds of the child, its context switches)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    csw = (after.ru_nvcsw - before.ru_nvcsw) + (after.ru_nivcsw - before.ru_nivcsw)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stdout[-500:]} {p.stderr[-500:]}")
-    return p.stdout, cpu
+    return p.stdout, cpu, csw
 
 
 def ox_cmd(url, blocks, qd, rnd, secs, write=False, own=False):
@@ -68,15 +69,16 @@ def lib_cmd(url, blocks, qd, rnd, secs):
 
 
 def run_ox(url, blocks, qd, rnd, secs, write=False, own=False):
-    out, cpu = run_child(ox_cmd(url, blocks, qd, rnd, secs, write, own))
+    out, cpu, csw = run_child(ox_cmd(url, blocks, qd, rnd, secs, write, own))
     j = json.loads(out.strip().splitlines()[-1])
     return {"iops": j["iops"], "mibs": j["mib_per_s"], "cpu_us": cpu * 1e6 / max(j["ios"], 1),
-            "cores": cpu / j["seconds"], "p50": j["lat_p50_us"], "p99": j["lat_p99_us"]}
+            "cs_io": csw / max(j["ios"], 1), "cores": cpu / j["seconds"],
+            "p50": j["lat_p50_us"], "p99": j["lat_p99_us"]}
 
 
 def run_lib(url, blocks, qd, rnd, secs):
     t0 = time.monotonic()
-    out, cpu = run_child(lib_cmd(url, blocks, qd, rnd, secs))
+    out, cpu, csw = run_child(lib_cmd(url, blocks, qd, rnd, secs))
     wall = time.monotonic() - t0
     m = re.findall(r"iops average (\d+) \((\d+) MB/s\)", out.replace("\r", "\n"))
     if not m:
@@ -84,7 +86,7 @@ def run_lib(url, blocks, qd, rnd, secs):
     iops = float(m[-1][0])
     ios = iops * secs
     return {"iops": iops, "mibs": iops * blocks * 512 / 1048576, "cpu_us": cpu * 1e6 / max(ios, 1),
-            "cores": cpu / wall, "p50": None, "p99": None}
+            "cs_io": csw / max(ios, 1), "cores": cpu / wall, "p50": None, "p99": None}
 
 
 def main():
@@ -121,6 +123,10 @@ def main():
             results.append((name, ox, lib))
             if runs["own"]:
                 owns.append((name, runs["own"], ox))
+            for who in ("ox", "lib", "own"):
+                if runs[who]:
+                    print(f"  {who} rounds (cpu us/IO, context switches/IO): "
+                          + ", ".join(f"{r['cpu_us']:.1f} {r['cs_io']:.2f}" for r in runs[who]), flush=True)
             print(f"{name}: oxiscsi {med(ox, 'iops'):.0f} IOPS {med(ox, 'cpu_us'):.1f} us/IO | "
                   f"iscsi-perf {med(lib, 'iops'):.0f} IOPS {med(lib, 'cpu_us'):.1f} us/IO"
                   + (f" | own buffers {med(runs['own'], 'cpu_us'):.1f} us/IO" if runs["own"] else ""), flush=True)
@@ -156,6 +162,11 @@ def iperf_ceiling():
         return None
 
 
+def best(rs):
+    """The lowest CPU per I/O over the rounds."""
+    return min(r["cpu_us"] for r in rs)
+
+
 def render(results, owns, writes, a, ipf):
     kern = os.uname().release
     tgt = tgtd_version()
@@ -165,17 +176,23 @@ def render(results, owns, writes, a, ipf):
         f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine (kernel {kern}, tgtd {tgt}), "
         f"loopback. tgtd pinned to CPU {TGT_CPU}, the initiator under test to CPU {INI_CPU} (`taskset`). "
         f"LUN: {a.lun_mib} MiB file on tmpfs pre-filled with random data, tgtd defaults. "
-        f"{a.rounds} rounds of {a.seconds} s per initiator and row, alternating which goes first; medians shown. "
-        "CPU is the initiator process's user+system time per I/O (getrusage of the child)."
+        f"{a.rounds} rounds of {a.seconds} s per initiator and row, rotating which goes first; medians shown. "
+        "CPU is the initiator process's user+system time per I/O (getrusage of the child): the median over the "
+        "rounds and, in brackets, the best round. The best round is the fairer comparison of what each initiator "
+        "costs: this VM switches between phases in which the same binary's CPU per I/O differs by up to 2x "
+        "(the slow phase also shows fewer context switches per I/O; its cause is not known), for either "
+        "initiator, and a median of a few rounds can land in different phases for the two. Per-round numbers "
+        "are printed by the script."
         + (f" Loopback TCP ceiling (iperf3, same pinning): {ipf:.0f} MiB/s." if ipf else ""),
         "",
-        "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO | iscsi-perf CPU µs/IO | oxiscsi p50 / p99 µs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO (best) | iscsi-perf CPU µs/IO (best) | CPU ratio, best rounds | oxiscsi p50 / p99 µs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, ox, lib in results:
         lines.append(
             f"| {name} | {med(ox, 'iops'):.0f} | {med(lib, 'iops'):.0f} | {med(ox, 'iops') / max(med(lib, 'iops'), 1):.2f} | "
-            f"{med(ox, 'mibs'):.0f} | {med(lib, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} | {med(lib, 'cpu_us'):.1f} | "
+            f"{med(ox, 'mibs'):.0f} | {med(lib, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} ({best(ox):.1f}) | "
+            f"{med(lib, 'cpu_us'):.1f} ({best(lib):.1f}) | {best(ox) / max(best(lib), 1e-9):.2f} | "
             f"{med(ox, 'p50'):.0f} / {med(ox, 'p99'):.0f} |")
     lines += ["", "Both tools drop what they read: iscsi-perf lands every read in one shared buffer, "
               "`oxiscsi perf` checks each read's data (order, length, digests) and drops it "
