@@ -86,6 +86,7 @@ impl Reader {
 
     /// The buffer the next read fills and the most bytes it may take.
     pub(crate) fn target(&mut self) -> (&mut BytesMut, u64) {
+        let need = self.frame_remaining();
         match &mut self.state {
             State::Shared => {
                 if self.shared.capacity() - self.shared.len() < 16 * 1024 {
@@ -98,16 +99,10 @@ impl Reader {
                 };
                 (&mut self.shared, limit)
             }
-            State::Large { frame, total } => {
-                let n = (*total - frame.len()) as u64;
-                (frame, n)
-            }
-            State::Placed {
-                dst, len, tail_len, ..
-            } => {
+            State::Large { frame, .. } => (frame, need as u64),
+            State::Placed { dst, .. } => {
                 // The rest of the payload, its padding/digest and the next header, when
                 // the command buffer has room after this segment; else the payload only.
-                let need = (*len + *tail_len).saturating_sub(dst.len());
                 let want = need + self.next_header;
                 let room = dst.capacity() - dst.len();
                 let n = if room >= want { want } else { need };
