@@ -7,9 +7,9 @@ other CPU) alternately, ROUNDS times each, and writes the medians to BENCHMARKS.
 (between the markers) together with the exact commands. A benchmark, not a test.
 
     cargo build --release -p oxiscsi-cli
-    python3 bench/initiator_vs_libiscsi.py [--rounds 3] [--seconds 5] [--write-md]
+    python3 bench/initiator_vs_libiscsi.py [--rounds 3] [--seconds 5] [--instructions] [--write-md]
 """
-import argparse, json, os, re, resource, subprocess, sys, time
+import argparse, json, os, re, resource, shutil, subprocess, sys, tempfile, time
 
 from common import ROOT, free_port, make_lun, med, remove_lun, start_tgtd, tgtd_version, write_section
 
@@ -89,6 +89,48 @@ def run_lib(url, blocks, qd, rnd, secs):
             "cs_io": csw / max(ios, 1), "cores": cpu / wall, "p50": None, "p99": None}
 
 
+def perf_stat(cmd):
+    """Run cmd under `perf stat`: (stdout, user instructions, kernel instructions)."""
+    fd, path = tempfile.mkstemp(prefix="oxbench-perf-")
+    os.close(fd)
+    try:
+        out, _, _ = run_child(["perf", "stat", "-x,", "-o", path, "-e", "instructions:u,instructions:k", "--"] + cmd)
+        counts = {}
+        for line in open(path):
+            f = line.strip().split(",")
+            if len(f) > 2 and f[0].isdigit():
+                counts[f[2]] = int(f[0])
+        return out, counts.get("instructions:u", 0), counts.get("instructions:k", 0)
+    finally:
+        os.unlink(path)
+
+
+def instructions(url, blocks, qd, rnd, secs):
+    """Instructions per I/O, user and kernel, of each initiator: a phase-free measure of
+    how much work each does (CPU time moves with this VM's phases, instruction counts do
+    not). Two runs per tool, `secs` and `2 * secs` long; the difference of their counts
+    over the difference of their I/Os leaves out start-up and login."""
+    def ox_ios(out, _secs):
+        return json.loads(out.strip().splitlines()[-1])["ios"]
+
+    def lib_ios(out, s):
+        m = re.findall(r"iops average (\d+)", out.replace("\r", "\n"))
+        if not m:
+            raise RuntimeError("no 'iops average' in iscsi-perf output: " + out[-300:])
+        return float(m[-1]) * s
+
+    res = {}
+    for who, mk, count in (("ox", ox_cmd, ox_ios), ("lib", lib_cmd, lib_ios)):
+        pts = []
+        for s in (secs, 2 * secs):
+            out, u, k = perf_stat(mk(url, blocks, qd, rnd, s))
+            pts.append((count(out, s), u, k))
+        (n1, u1, k1), (n2, u2, k2) = pts
+        dn = max(n2 - n1, 1)
+        res[who] = ((u2 - u1) / dn, (k2 - k1) / dn)
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -96,7 +138,12 @@ def main():
     ap.add_argument("--lun-mib", type=int, default=1024)
     ap.add_argument("--write-md", action="store_true", help="update BENCHMARKS.md")
     ap.add_argument("--only", default="", help="run only the rows whose name contains one of these comma-separated texts")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count each initiator's user and kernel instructions per I/O (perf stat), "
+                         "in separate runs after the timed rounds")
     a = ap.parse_args()
+    if a.instructions and not shutil.which("perf"):
+        sys.exit("--instructions needs perf (Debian: linux-perf)")
     if a.only and a.write_md:
         sys.exit("--only measures a subset: do not combine it with --write-md")
     if not os.path.exists(OX):
@@ -120,7 +167,11 @@ def main():
                 for who, fn in fns[k:] + fns[:k]:
                     runs[who].append(fn(url, blocks, qd, rnd, a.seconds))
             ox, lib = runs["ox"], runs["lib"]
-            results.append((name, ox, lib))
+            insn = instructions(url, blocks, qd, rnd, a.seconds) if a.instructions else None
+            if insn:
+                print(f"  instructions per I/O, user / kernel: oxiscsi {insn['ox'][0]:.0f} / {insn['ox'][1]:.0f}, "
+                      f"iscsi-perf {insn['lib'][0]:.0f} / {insn['lib'][1]:.0f}", flush=True)
+            results.append((name, ox, lib, insn))
             if runs["own"]:
                 owns.append((name, runs["own"], ox))
             for who in ("ox", "lib", "own"):
@@ -188,12 +239,24 @@ def render(results, owns, writes, a, ipf):
         "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO (best) | iscsi-perf CPU µs/IO (best) | CPU ratio, best rounds | oxiscsi p50 / p99 µs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, ox, lib in results:
+    for name, ox, lib, _ in results:
         lines.append(
             f"| {name} | {med(ox, 'iops'):.0f} | {med(lib, 'iops'):.0f} | {med(ox, 'iops') / max(med(lib, 'iops'), 1):.2f} | "
             f"{med(ox, 'mibs'):.0f} | {med(lib, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} ({best(ox):.1f}) | "
             f"{med(lib, 'cpu_us'):.1f} ({best(lib):.1f}) | {best(ox) / max(best(lib), 1e-9):.2f} | "
             f"{med(ox, 'p50'):.0f} / {med(ox, 'p99'):.0f} |")
+    counted = [(name, insn) for name, _, _, insn in results if insn]
+    if counted:
+        lines += ["", "Instructions per I/O (`--instructions`: `perf stat -e instructions:u,instructions:k`, separate "
+                  f"runs of {a.seconds} s and {2 * a.seconds} s per tool, the difference of the counts over the "
+                  "difference of the I/Os, so start-up and login are left out). Unlike CPU time these do not move "
+                  "with the VM's phases; they show which side of the system call boundary a CPU gap is on. "
+                  "Hardware counters make this VM's context switches slower, so these runs are not timed.", "",
+                  "| row | oxiscsi user | iscsi-perf user | oxiscsi kernel | iscsi-perf kernel | total ratio |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, insn in counted:
+            (ou, ok), (lu, lk) = insn["ox"], insn["lib"]
+            lines.append(f"| {name} | {ou:.0f} | {lu:.0f} | {ok:.0f} | {lk:.0f} | {(ou + ok) / max(lu + lk, 1):.2f} |")
     lines += ["", "Both tools drop what they read: iscsi-perf lands every read in one shared buffer, "
               "`oxiscsi perf` checks each read's data (order, length, digests) and drops it "
               "(`Session::execute_discard`, large payloads all placed in one scratch buffer). Reads kept in a "
@@ -211,7 +274,8 @@ def render(results, owns, writes, a, ipf):
         lines.append(f"| {name} | {med(ox, 'iops'):.0f} | {med(ox, 'mibs'):.0f} | {med(ox, 'cpu_us'):.1f} | "
                      f"{med(ox, 'p50'):.0f} / {med(ox, 'p99'):.0f} |")
     lines += ["", "Commands (URL = iscsi://127.0.0.1:PORT/" + IQN + "/1):", "", "```",
-              "python3 bench/initiator_vs_libiscsi.py --rounds %d --seconds %d --write-md" % (a.rounds, a.seconds),
+              "python3 bench/initiator_vs_libiscsi.py --rounds %d --seconds %d%s --write-md"
+              % (a.rounds, a.seconds, " --instructions" if counted else ""),
               "# per row, e.g. 4K random read QD32:",
               " ".join(ox_cmd("URL", 8, 32, True, a.seconds)).replace(ROOT + "/", ""),
               " ".join(lib_cmd("URL", 8, 32, True, a.seconds)),
