@@ -225,7 +225,11 @@ impl LoopDevice {
             PathBuf::from(format!("/sys/block/{name}")),
         )];
         for (_, p) in self.partitions() {
-            let pname = p.file_name()?.to_string_lossy().into_owned();
+            // Every partition path names a node (`/dev/loopNpM`). Should one not, skip
+            // it: returning early here would report the whole device free.
+            let Some(pname) = p.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
             devs.push((p, PathBuf::from(format!("/sys/block/{name}/{pname}"))));
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
