@@ -452,6 +452,9 @@ impl EncodedPdu {
         v
     }
 }
+
+/// A little-endian u32 (a digest on the wire) from the first 4 bytes of `b`; callers
+/// have checked the frame's length.
 fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
