@@ -171,7 +171,8 @@ def render(rows, a):
         ps = f"{unit(res['psync'])} | {over('psync')}" if "psync" in res else "- | -"
         L.append(f"| {name} | {unit(res['perf'])} | {unit(res['io_uring'])} | {over('io_uring')} | {ps} | "
                  f"{med(res['perf'], 'cpu_us'):.1f} / {med(res['io_uring'], 'cpu_us'):.1f} |")
-    L += ["", "Commands: `cargo build --release --bins && python3 bench/blockdev_vs_perf.py --write-md`"]
+    L += ["", "Commands: `cargo build --release --bins && python3 bench/blockdev_vs_perf.py "
+          f"--rounds {a.rounds} --seconds {a.seconds} --lun-mib {a.lun_mib} --write-md`"]
     return "\n".join(L)
 
 
