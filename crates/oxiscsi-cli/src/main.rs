@@ -68,13 +68,22 @@ fn main() -> ExitCode {
     };
     common::init_tracing(cli.common.verbose);
     // The tools run on one thread, like libiscsi's event loop (fewer wake-ups and
-    // context switches per I/O); the target serves many connections on all cores.
-    let mut builder = if matches!(cli.command, Command::Target(_)) {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+    // context switches per I/O), and without tokio's timer: the initiator keeps its
+    // deadlines on timerfds (oxiscsi_initiator::time), and a runtime with a timer pays
+    // for it on every park, i.e. per I/O at low queue depth. The target serves many
+    // connections on all cores and uses tokio's timer (so does the demo, which embeds it).
+    let rt = match &cli.command {
+        Command::Target(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        Command::Demo(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build(),
     };
-    let rt = match builder.enable_all().build() {
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oxiscsi: cannot start the async runtime: {e}");

@@ -289,3 +289,33 @@ fn exit_codes() {
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert!(text(&o).contains("ILLEGAL REQUEST"), "{}", text(&o));
 }
+
+#[test]
+fn a_login_that_never_answers_ends_at_the_login_timeout() {
+    // The tools run without tokio's timer (their deadlines are timerfds): a target that
+    // accepts the connection and then says nothing must still end the login on time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let hold = std::thread::spawn(move || {
+        let (s, _) = silent.accept().unwrap();
+        let _ = wait.recv();
+        drop(s);
+    });
+    let t0 = std::time::Instant::now();
+    let url = format!("iscsi://127.0.0.1:{port}/iqn.2026-11.test:silent/1");
+    let o = oxiscsi(&["--login-timeout", "1", "readcap", &url]);
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(
+        text(&o).contains("timed out") || text(&o).contains("timeout"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_secs(3),
+        "took {took:?}"
+    );
+    drop(done);
+    hold.join().unwrap();
+}

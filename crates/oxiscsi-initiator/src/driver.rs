@@ -23,10 +23,10 @@ use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, Ta
 use oxiscsi_proto::Digest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Sleep;
 
 use crate::error::Error;
 use crate::rx::Reader;
+use crate::time::{OneShot, Timer};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -650,7 +650,8 @@ pub(crate) async fn call(
 pub(crate) struct Driver {
     shared: Arc<Shared>,
     reader: Reader,
-    sleep: Pin<Box<Sleep>>,
+    /// The core's next deadline (see [`crate::time`] for why not tokio's timer).
+    timer: Timer,
     /// A multi-thread runtime runs a task woken by the running one next (its LIFO slot),
     /// so the driver, kicked by the first caller of a batch, would write that caller's
     /// command alone: there it yields once first. A current-thread runtime already runs
@@ -668,21 +669,25 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) fn new(shared: Arc<Shared>, framer: Framer, leftover: BytesMut) -> Driver {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        framer: Framer,
+        leftover: BytesMut,
+    ) -> std::io::Result<Driver> {
         let current_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
         let mut reader = Reader::new(framer, leftover);
         // Bytes that arrived with the final Login Response.
         reader.feed(&mut shared.lock().conn);
-        Driver {
+        Ok(Driver {
             shared,
             reader,
-            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            timer: Timer::new()?,
             yield_before_flush: !current_thread,
             yielded: false,
             lowat: 1,
             current_thread,
-        }
+        })
     }
 }
 
@@ -725,7 +730,7 @@ impl Future for Driver {
         let Driver {
             shared,
             reader,
-            sleep,
+            timer,
             yield_before_flush,
             yielded,
             current_thread,
@@ -741,7 +746,7 @@ impl Future for Driver {
                 None => shared.lock(),
             };
             // The timer wakes this task when it fires; until then no clock is read.
-            if core.armed.is_some() && sleep.is_elapsed() {
+            if core.armed.is_some() && timer.poll_expired(cx).is_ready() {
                 core.armed = None;
                 core.conn.handle_timeout(Instant::now());
             }
@@ -774,11 +779,17 @@ impl Future for Driver {
             if deadline != core.armed {
                 // Re-arm the one timer only when the core's deadline moves.
                 core.armed = deadline;
-                if let Some(at) = deadline {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(at));
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        continue;
-                    }
+                if let Err(e) = timer.set(deadline) {
+                    core.conn
+                        .handle_closed(&format!("the session's timer failed: {e}"));
+                    continue;
+                }
+                if deadline.is_some() && timer.poll_expired(cx).is_ready() {
+                    // Already due (the poll also registered this task for the expiry
+                    // otherwise).
+                    core.armed = None;
+                    core.conn.handle_timeout(Instant::now());
+                    continue;
                 }
             }
             let blocked = !core.outq.is_empty();

@@ -12,6 +12,7 @@ mod driver;
 mod error;
 mod rx;
 mod session;
+pub mod time;
 mod transport;
 mod url;
 

@@ -149,7 +149,7 @@ impl Session {
             span.clone(),
             li.portal.clone(),
         );
-        let driver = span.in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover));
+        let driver = span.in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover))?;
         tokio::spawn(driver.instrument(span));
         Ok(Session {
             inner: Arc::new(Inner {
@@ -290,7 +290,7 @@ impl Session {
                 && tries < UA_RETRIES
             {
                 tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(10 << tries)).await;
+                crate::time::sleep(std::time::Duration::from_millis(10 << tries)).await?;
                 continue;
             }
             return Err(Error::Scsi {

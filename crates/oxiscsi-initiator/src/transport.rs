@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{SessionConfig, SourceBind};
 use crate::error::Error;
+use crate::time::{run_until, OneShot, Timer};
 
 /// A logged-in connection: the socket, what login agreed, and bytes already read past
 /// the final Login Response.
@@ -43,7 +44,7 @@ pub(crate) async fn connect(
             connect_bound(portal, bind).await
         }
     };
-    let stream = match tokio::time::timeout(remaining, fut).await {
+    let stream = match crate::time::timeout_at(deadline, fut).await? {
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrNotAvailable || bind_failed(&e) => {
             return Err(Error::Bind {
                 portal: portal.into(),
@@ -236,12 +237,16 @@ async fn login_on(stream: &mut TcpStream, lc: LoginConfig) -> Result<LoginResult
     let framer = Framer::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut pdus = 0u64;
+    let mut timer = Timer::new().map_err(LoginFail::Io)?;
     loop {
         while let Some(pdu) = login.poll_transmit() {
             pdus += 1;
             let enc = Framer::encode(&pdu, Digest::None, Digest::None);
-            let deadline = tokio::time::Instant::from_std(login.poll_timeout());
-            match tokio::time::timeout_at(deadline, stream.write_all(&enc.to_vec())).await {
+            let deadline = login.poll_timeout();
+            let sent = run_until(&mut timer, deadline, stream.write_all(&enc.to_vec()))
+                .await
+                .map_err(LoginFail::Io)?;
+            match sent {
                 Ok(r) => r.map_err(LoginFail::Io)?,
                 Err(_) => {
                     return Err(LoginFail::Login(
@@ -271,8 +276,11 @@ async fn login_on(stream: &mut TcpStream, lc: LoginConfig) -> Result<LoginResult
                 ))));
             }
         }
-        let deadline = tokio::time::Instant::from_std(login.poll_timeout());
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        let deadline = login.poll_timeout();
+        let read = run_until(&mut timer, deadline, stream.read_buf(&mut buf))
+            .await
+            .map_err(LoginFail::Io)?;
+        match read {
             Ok(Ok(0)) => {
                 return Err(LoginFail::Login(LoginError::Protocol(
                     "the target closed the connection during login (see the target's log)".into(),

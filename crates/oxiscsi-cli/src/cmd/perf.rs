@@ -227,9 +227,10 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
     let deadline = (args.runtime > 0).then(|| start + Duration::from_secs(args.runtime));
     let mut last = (Instant::now(), 0u64);
     loop {
-        let tick = tokio::time::sleep(Duration::from_millis(200));
+        // The initiator's own timer: this runtime has no tokio timer (see main.rs).
+        let tick = oxiscsi_initiator::time::sleep(Duration::from_millis(200));
         tokio::select! {
-            _ = tick => {}
+            r = tick => r.map_err(|e| CliError::Io(e.to_string()))?,
             _ = tokio::signal::ctrl_c() => break,
         }
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
