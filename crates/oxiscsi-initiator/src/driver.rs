@@ -35,11 +35,14 @@ const MORE_READS: usize = 16;
 /// A payload with at least this much still to come is waited for whole (`SO_RCVLOWAT`).
 const LOWAT_FROM: usize = 64 * 1024;
 
-/// What a finished exchange hands its caller.
+/// What a finished exchange hands its caller. Errors are boxed: an outcome is moved
+/// several times per command (into its waiter, out of it, up through the futures), and
+/// at 88 bytes instead of 160 those moves are inline stores instead of memmove calls
+/// (which were 10 % of the initiator's user time at 4K QD1).
 pub(crate) enum Outcome {
-    Scsi(Result<ScsiResult, Error>),
-    Tmf(Result<TmfResponse, Error>),
-    Text(Result<Vec<(String, String)>, Error>),
+    Scsi(Result<ScsiResult, Box<Error>>),
+    Tmf(Result<TmfResponse, Box<Error>>),
+    Text(Result<Vec<(String, String)>, Box<Error>>),
 }
 
 struct Waiter {
@@ -211,13 +214,13 @@ impl Core {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::Completed { id, result } => {
-                    self.complete(id, Outcome::Scsi(result.map_err(Error::Task)))
+                    self.complete(id, Outcome::Scsi(result.map_err(task_error)))
                 }
                 Event::TmfCompleted { id, response } => {
                     self.complete(id, Outcome::Tmf(Ok(response)))
                 }
                 Event::TextCompleted { id, result } => {
-                    self.complete(id, Outcome::Text(result.map_err(Error::Task)))
+                    self.complete(id, Outcome::Text(result.map_err(task_error)))
                 }
                 Event::Async {
                     event, lun, sense, ..
@@ -301,7 +304,7 @@ impl Core {
                 .closed
                 .clone()
                 .unwrap_or_else(|| "session ended".into());
-            return Poll::Ready(Outcome::Scsi(Err(Error::Closed(why))));
+            return Poll::Ready(Outcome::Scsi(Err(Box::new(Error::Closed(why)))));
         };
         if let Some(o) = w.outcome.take() {
             self.waiters.remove(&id);
@@ -326,6 +329,10 @@ impl Core {
             }
         }
     }
+}
+
+fn task_error(e: TaskError) -> Box<Error> {
+    Box::new(Error::Task(e))
 }
 
 /// One piece of the write queue: a header or padding/digest kept inline (no allocation
@@ -710,7 +717,7 @@ fn finish(shared: &Shared, core: &mut Core) {
     for (_, w) in core.waiters.iter_mut() {
         if w.outcome.is_none() {
             // The caller's future maps a SCSI-shaped error onto whatever it waits for.
-            w.outcome = Some(Outcome::Scsi(Err(Error::Closed(reason.clone()))));
+            w.outcome = Some(Outcome::Scsi(Err(Box::new(Error::Closed(reason.clone())))));
             if let Some(k) = w.waker.take() {
                 k.wake();
             }

@@ -551,8 +551,8 @@ impl Session {
         })
         .await?;
         match outcome {
-            Outcome::Tmf(r) => r,
-            Outcome::Scsi(Err(e)) | Outcome::Text(Err(e)) => Err(e),
+            Outcome::Tmf(r) => r.map_err(|e| *e),
+            Outcome::Scsi(Err(e)) | Outcome::Text(Err(e)) => Err(*e),
             _ => Err(self.inner.shared.closed_error()),
         }
     }
@@ -562,8 +562,8 @@ impl Session {
         let outcome =
             driver::call(&self.inner.shared, |conn, now| conn.send_text(now, &pairs)).await?;
         match outcome {
-            Outcome::Text(r) => r,
-            Outcome::Scsi(Err(e)) | Outcome::Tmf(Err(e)) => Err(e),
+            Outcome::Text(r) => r.map_err(|e| *e),
+            Outcome::Scsi(Err(e)) | Outcome::Tmf(Err(e)) => Err(*e),
             _ => Err(self.inner.shared.closed_error()),
         }
     }
@@ -616,8 +616,8 @@ impl Session {
 #[allow(clippy::result_large_err)]
 fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
     match o {
-        Outcome::Scsi(r) => r,
-        Outcome::Tmf(Err(e)) | Outcome::Text(Err(e)) => Err(e),
+        Outcome::Scsi(r) => r.map_err(|e| *e),
+        Outcome::Tmf(Err(e)) | Outcome::Text(Err(e)) => Err(*e),
         _ => Err(Error::Closed(
             "the session answered with the wrong kind of outcome".into(),
         )),
