@@ -30,17 +30,7 @@ async fn main() {
     let (portal, iqn) = (args[1].clone(), args[2].clone());
     let count: usize = args[3].parse().expect("COUNT is a number");
     let pid: Option<u32> = args.get(4).and_then(|p| p.parse().ok());
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
+    oxiscsi_initiator::raise_fd_limit();
     let cpu0 = cpu_secs(pid);
     let t0 = Instant::now();
     let mut tasks = Vec::new();

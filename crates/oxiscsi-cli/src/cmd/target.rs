@@ -102,24 +102,9 @@ pub fn config(a: &Args, opts: &CommonOpts) -> CliResult<TargetConfig> {
     Ok(cfg)
 }
 
-/// A target holds a socket per session and per login in progress: lift the soft limit
-/// on open files to the hard one (1024 by default would cap sessions near 1,000).
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
-    unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
 pub async fn run(opts: &CommonOpts, a: Args) -> CliResult {
-    raise_fd_limit();
+    // A socket per session and per login in progress.
+    oxiscsi_initiator::raise_fd_limit();
     let cfg = match &a.config {
         Some(path) => {
             oxiscsi_target::config::file::load(path).map_err(|e| CliError::Usage(e.to_string()))?

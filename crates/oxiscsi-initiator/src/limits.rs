@@ -1,0 +1,45 @@
+//! Process limits a program holding many sessions needs.
+
+/// Lift the soft limit on open files to the hard one. Each session holds a socket and a
+/// timer (see [`crate::time`]), a target one socket per session and login in progress;
+/// the default soft limit of 1024 would cap a daemon or a target near 500–1000 sessions
+/// while the hard limit allows far more. Returns the soft limit now in force, or None
+/// when it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on this process with a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return None;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r = want;
+            }
+        }
+    }
+    Some(r.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_soft_limit_ends_at_the_hard_one() {
+        let soft = super::raise_fd_limit().expect("getrlimit");
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit on this process with a valid, owned struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+        assert_eq!(soft, r.rlim_cur);
+        assert_eq!(r.rlim_cur, r.rlim_max);
+    }
+}
