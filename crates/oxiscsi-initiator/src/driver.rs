@@ -40,7 +40,7 @@ const LOWAT_FROM: usize = 64 * 1024;
 /// What a finished exchange hands its caller. Errors are boxed: an outcome is moved
 /// several times per command (into its waiter, out of it, up through the futures), and
 /// at 88 bytes instead of 160 those moves are inline stores instead of memmove calls
-/// (which were 10 % of the initiator's user time at 4K QD1).
+/// (a 4K read made 19 memmove calls before, 9 after).
 pub(crate) enum Outcome {
     Scsi(Result<ScsiResult, Box<Error>>),
     Tmf(Result<TmfResponse, Box<Error>>),

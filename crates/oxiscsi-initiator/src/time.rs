@@ -5,8 +5,8 @@
 //! Why not `tokio::time`: while any tokio timer is armed, every park of the runtime walks
 //! the timer wheel and reads the clock twice, and `epoll_wait` gets a timeout, which arms
 //! a kernel hrtimer. A session always has a timer armed (its task check runs every
-//! second), so at 4K QD1, one park per I/O, that cost 7–8 % of the initiator's user-space
-//! instructions and ~4 % of its kernel ones (A/B in BENCHMARKS.md). A timerfd costs a
+//! second), so at 4K QD1, one park per I/O, that cost ~9 % of the initiator's user-space
+//! instructions and ~5 % of its kernel ones (A/B in BENCHMARKS.md). A timerfd costs a
 //! system call when it is re-armed, which the connection driver does about once a second.
 //!
 //! Where there is no timerfd (other systems), [`Timer`] is tokio's `Sleep`, and the
