@@ -435,16 +435,23 @@ fn read<'a>(
                 if core.conn.is_closed() {
                     return false;
                 }
-                if n < room && current_thread && reader.at_boundary() {
-                    // A short read that ended on a PDU boundary took all the socket held
-                    // (as nginx assumes): mark it not ready rather than pay a read that
-                    // fails with EAGAIN. Bytes that arrive later raise a new edge, which
-                    // wakes the driver. Mid-frame, the rest is on its way: read again.
-                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                    });
+                if !(n < room && current_thread && reader.at_boundary()) {
+                    // Mid-frame, the rest is on its way: read again.
+                    continue;
                 }
-                continue;
+                // A short read that ended on a PDU boundary took all the socket held (as
+                // nginx assumes): mark it not ready rather than pay a read that fails
+                // with EAGAIN, and wait for the next edge now (bytes that arrive later
+                // raise one, which wakes the reader).
+                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+                set_lowat(stream, lowat, 0);
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => format!("read error: {e}"),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 set_lowat(stream, lowat, reader.frame_remaining());
