@@ -6,11 +6,14 @@
 //! the timer wheel and reads the clock twice, and `epoll_wait` gets a timeout, which arms
 //! a kernel hrtimer. A session always has a timer armed (its task check runs every
 //! second), so at 4K QD1, one park per I/O, that cost ~9 % of the initiator's user-space
-//! instructions and ~5 % of its kernel ones (A/B in BENCHMARKS.md). A timerfd costs a
+//! instructions and ~5 % of its kernel ones (perf stat A/B; BENCHMARKS.md says more). A timerfd costs a
 //! system call when it is re-armed, which the connection driver does about once a second.
 //!
-//! Where there is no timerfd (other systems), [`Timer`] is tokio's `Sleep`, and the
+//! Where there is no timerfd (other systems), the timer is tokio's `Sleep`, and the
 //! runtime then needs tokio's timer; both are built and tested on Linux.
+//!
+//! Like tokio's own timers, these must be made on a tokio runtime, here one with the I/O
+//! driver enabled (`enable_io`); they panic otherwise, as any tokio socket would.
 
 use std::future::Future;
 use std::io;
