@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use oxiscsi_proto::pdu::{Framer, TmfResponse, HEADER_INLINE};
-use oxiscsi_proto::session::task::TagMap;
+use oxiscsi_proto::session::tags::TagTable;
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
 use oxiscsi_proto::Digest;
 use tokio::net::TcpStream;
@@ -64,7 +64,7 @@ pub(crate) struct Core {
     dd: Digest,
     /// Encoded PDUs not yet written, in wire order.
     outq: VecDeque<Chunk>,
-    waiters: TagMap<TaskId, Waiter>,
+    waiters: TagTable<Waiter>,
     /// Commands holding a queue slot, and how many may (like open-iscsi's cmds_max).
     active: usize,
     queue_depth: usize,
@@ -107,7 +107,7 @@ impl Shared {
                 hd,
                 dd,
                 outq: VecDeque::new(),
-                waiters: TagMap::default(),
+                waiters: TagTable::default(),
                 active: 0,
                 queue_depth: queue_depth.max(1),
                 slot_queue: VecDeque::new(),
@@ -169,7 +169,7 @@ impl Core {
     /// Register a caller's exchange, already accepted by the core.
     pub(crate) fn add_waiter(&mut self, id: TaskId, waker: Option<Waker>, holds_slot: bool) {
         self.waiters.insert(
-            id,
+            id.0,
             Waiter {
                 waker,
                 outcome: None,
@@ -250,7 +250,7 @@ impl Core {
     }
 
     fn complete(&mut self, id: TaskId, outcome: Outcome) {
-        let Some(w) = self.waiters.get_mut(&id) else {
+        let Some(w) = self.waiters.get_mut(&id.0) else {
             return;
         };
         let holds_slot = std::mem::take(&mut w.holds_slot);
@@ -260,7 +260,7 @@ impl Core {
                 k.wake();
             }
         } else {
-            self.waiters.remove(&id);
+            self.waiters.remove(&id.0);
         }
         if holds_slot {
             self.release_slot();
@@ -302,7 +302,7 @@ impl Core {
 
     /// Look for a caller's outcome; register its waker when there is none yet.
     fn poll_outcome(&mut self, id: TaskId, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let Some(w) = self.waiters.get_mut(&id) else {
+        let Some(w) = self.waiters.get_mut(&id.0) else {
             // Only a driver that ended and already failed every waiter gets here.
             let why = self
                 .closed
@@ -311,7 +311,7 @@ impl Core {
             return Poll::Ready(Outcome::Scsi(Err(Box::new(Error::Closed(why)))));
         };
         if let Some(o) = w.outcome.take() {
-            self.waiters.remove(&id);
+            self.waiters.remove(&id.0);
             return Poll::Ready(o);
         }
         match &w.waker {
@@ -324,9 +324,9 @@ impl Core {
     /// The caller stopped waiting: the command still runs to its end at the target (and
     /// keeps its queue slot until then), its outcome is dropped.
     fn forget(&mut self, id: TaskId) {
-        if let Some(w) = self.waiters.get_mut(&id) {
+        if let Some(w) = self.waiters.get_mut(&id.0) {
             if w.outcome.is_some() {
-                self.waiters.remove(&id);
+                self.waiters.remove(&id.0);
             } else {
                 w.listening = false;
                 w.waker = None;

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::error::{ProtocolError, TaskError};
+use super::tags::TagTable;
 use super::task::{
-    data_out_sequence, unsolicited_plan, Command, Residual, ScsiResult, TagMap, Task, TaskKind,
+    data_out_sequence, unsolicited_plan, Command, Residual, ScsiResult, Task, TaskKind,
     UNSOLICITED_TTT,
 };
 use super::timers::{Timer, TimerTable};
@@ -126,7 +127,7 @@ pub struct InitiatorConnection {
     cid: u16,
     window: CmdWindow,
     exp_stat_sn: SerialNumber,
-    tasks: TagMap<u32, Task>,
+    tasks: TagTable<Task>,
     /// Tasks waiting for the command window, in submission order.
     queue: VecDeque<u32>,
     next_itt: u32,
@@ -173,7 +174,7 @@ impl InitiatorConnection {
             cfg,
             params,
             rx,
-            tasks: TagMap::default(),
+            tasks: TagTable::default(),
             queue: VecDeque::new(),
             next_itt: 0x100,
             outq: VecDeque::new(),
@@ -301,7 +302,7 @@ impl InitiatorConnection {
         let itt = self.alloc_itt();
         let deadline = now + cmd.timeout.unwrap_or(self.cfg.task_timeout);
         self.tasks
-            .insert(itt, Task::new(itt, TaskKind::Scsi, cmd, Some(deadline)));
+            .insert_with(itt, || Task::new(itt, TaskKind::Scsi, cmd, Some(deadline)));
         self.queue.push_back(itt);
         self.ensure_task_check(now);
         self.flush_queue();
@@ -758,11 +759,13 @@ impl InitiatorConnection {
     fn finish_data_in(&mut self, d: DataIn) -> Result<(), ProtocolError> {
         if d.status_present {
             self.check_stat_sn(Opcode::DATA_IN, d.stat_sn)?;
-            if let Some(mut task) = self.tasks.remove(&d.itt) {
+            // Taken in place and dropped there: moving the whole task out cost a copy.
+            if let Some(data) = self.tasks.get_mut(&d.itt).map(Task::take_data_in) {
+                self.tasks.discard(&d.itt);
                 let result = Ok(ScsiResult {
                     status: d.status,
                     sense: Bytes::new(),
-                    data: task.take_data_in(),
+                    data,
                     residual: residual(d.underflow, d.overflow, d.residual_count),
                 });
                 self.events.push_back(Event::Completed {

@@ -2,13 +2,14 @@
 //! ErrorRecoveryLevel 0, plus SendTargets parsing (§13.3, Appendix C).
 //!
 //! Modules: [`window`] (CmdSN window), [`task`] (task table entries, Data-Out plans,
-//! Data-In reassembly), [`timers`] (the deadline table), [`error`] (connection- and
+//! Data-In reassembly), [`tags`] (the table keyed by our own task tags), [`timers`] (the deadline table), [`error`] (connection- and
 //! task-scope errors), [`initiator`] (the state machine), [`discovery`].
 
 pub mod discovery;
 pub mod error;
 pub mod initiator;
 pub mod stats;
+pub mod tags;
 pub mod target;
 pub mod task;
 pub mod timers;
