@@ -676,6 +676,20 @@ pub(crate) async fn call(
     Ok(Wait::new(shared.clone(), id).await)
 }
 
+/// Whether the driver's timer must be set again for the core's next deadline. Only when
+/// that deadline comes before the one armed: a later one (the NOP-interval timer moves
+/// out with every PDU received) waits until the armed timer fires, which costs one
+/// early wake-up instead of a timerfd_settime per PDU, and a deadline that went away
+/// leaves a stale one to fire once for nothing. The core handles a timeout that finds
+/// nothing due as a no-op.
+fn needs_rearm(deadline: Option<Instant>, armed: Option<Instant>) -> bool {
+    match (deadline, armed) {
+        (Some(d), Some(a)) => d < a,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// The driver task: reads and feeds the core, runs its timer, writes what callers left
 /// queued, and at the end fails whatever still waits.
 pub(crate) struct Driver {
@@ -807,8 +821,7 @@ impl Future for Driver {
             }
             core.kicked = false;
             let deadline = core.conn.poll_timeout();
-            if deadline != core.armed {
-                // Re-arm the one timer only when the core's deadline moves.
+            if needs_rearm(deadline, core.armed) {
                 core.armed = deadline;
                 if let Err(e) = timer.set(deadline) {
                     core.conn
@@ -849,6 +862,25 @@ mod tests {
 
     fn wire(q: &VecDeque<Chunk>) -> Vec<u8> {
         q.iter().flat_map(|c| c.as_slice().to_vec()).collect()
+    }
+
+    #[test]
+    fn timer_is_set_again_only_for_an_earlier_deadline() {
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let (early, late) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(5));
+        assert!(needs_rearm(Some(late), None), "nothing armed");
+        assert!(needs_rearm(Some(early), Some(late)), "an earlier deadline");
+        assert!(
+            !needs_rearm(Some(late), Some(early)),
+            "later: wait for the armed one"
+        );
+        assert!(!needs_rearm(Some(early), Some(early)), "unchanged");
+        assert!(
+            !needs_rearm(None, Some(early)),
+            "gone: the stale one fires once"
+        );
+        assert!(!needs_rearm(None, None));
     }
 
     #[test]
