@@ -8,8 +8,9 @@
 //! thousands of newer ones) go to a small overflow map, so every key is still found;
 //! growing the array re-homes them.
 //!
-//! Keys a peer chooses must not use this table's array alone to identify an entry: the
-//! stored key is compared on every lookup, so a peer's unknown tag is simply not found.
+//! Every lookup compares the stored tag, so a tag from the peer that we never issued (or
+//! that shares its slot with a live one) is simply not found. Tags a peer chooses (the
+//! target side's ITTs) belong in a hash map instead: a peer could pick colliding ones.
 
 use super::task::TagMap;
 
@@ -88,9 +89,7 @@ impl<V> TagTable<V> {
 
     /// Insert or replace; returns the value replaced.
     pub fn insert(&mut self, tag: u32, value: V) -> Option<V> {
-        let mut value = Some(value);
-        let replaced = self.insert_with(tag, || value.take().expect("called once"));
-        replaced.or(value)
+        self.insert_with(tag, move || value)
     }
 
     /// Insert the value `make` builds, or replace the one there with it; returns the
