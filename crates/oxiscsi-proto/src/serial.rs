@@ -1,7 +1,7 @@
 //! RFC 1982 serial number arithmetic for CmdSN, StatSN, DataSN and R2TSN.
 //!
 //! RFC 7143 §4.2.2.1: "All comparisons and arithmetic on CmdSN ... use Serial Number
-//! Arithmetic as defined in [RFC1982], where SERIAL_BITS = 32." `SerialNumber` therefore
+//! Arithmetic as defined in \[RFC1982\], where SERIAL_BITS = 32." `SerialNumber` therefore
 //! has no `PartialOrd`: ordering is only defined between numbers less than 2^31 apart,
 //! and the comparison methods say so.
 

@@ -1,6 +1,6 @@
 //! `oxiscsiadm`: iscsiadm's syntax, output and exit codes. This module: parsing and
 //! the database modes (`-m node`, `-m discoverydb`, `-m iface` with `-o
-//! new|delete|update|show`, listings, `-P 1`, discovery, `--import`); [`sessions`]:
+//! new|delete|update|show`, listings, `-P 1`, discovery, `--import`); `sessions`:
 //! what goes through oxiscsid (login, logout, `-m session`, rescan, stats).
 
 mod sessions;

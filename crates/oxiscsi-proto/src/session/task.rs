@@ -14,9 +14,9 @@ use crate::text::OperationalParams;
 use super::error::ProtocolError;
 
 /// A hasher for maps keyed by a task tag this side chose (the initiator's ITTs, which
-/// it hands out in sequence): one multiply instead of SipHash, whose per-lookup cost
-/// showed up on every command (a command looks its task up 6-8 times). Not for keys a
-/// peer chooses: a hostile peer could then pick colliding tags.
+/// it hands out in sequence): one multiply instead of SipHash. Used by the overflow map
+/// of [`super::tags::TagTable`]; not for keys a peer chooses, since a hostile peer could
+/// then pick colliding tags.
 #[derive(Default, Clone, Copy)]
 pub struct TagHasher(u64);
 
