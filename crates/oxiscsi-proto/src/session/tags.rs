@@ -4,22 +4,23 @@
 //! free slot of a power-of-two array: lookups are a mask and a compare, with no hashing
 //! or probing, and an entry is written once instead of being moved through a hash map's
 //! insert path (a 288-byte task was copied twice per insert; measured in the commit that
-//! added this table). Two live tags that share their low bits (a task that outlived
-//! thousands of newer ones) go to a small overflow map, so every key is still found;
-//! growing the array re-homes them.
+//! added this table). Two live tags that share their low bits (a task that outlived as
+//! many newer ones as the table has slots) go to a small overflow map, so every key is
+//! still found; growing the array re-homes them.
 //!
 //! Every lookup compares the stored tag, so a tag from the peer that we never issued (or
 //! that shares its slot with a live one) is simply not found. Tags a peer chooses (the
 //! target side's ITTs) belong in a hash map instead: a peer could pick colliding ones.
 
-use super::task::TagMap;
+use std::collections::HashMap;
 
 /// Map from a `u32` tag to `V` (see the module docs).
 pub struct TagTable<V> {
     /// `slots.len()` is zero or a power of two; an entry sits at `tag & (len - 1)`.
     slots: Vec<Option<(u32, V)>>,
-    /// Entries whose home slot was taken by another tag when they came.
-    overflow: TagMap<u32, V>,
+    /// Entries whose home slot was taken by another tag when they came. Rare (a tag
+    /// must outlive as many newer ones as there are slots), so std's SipHash map.
+    overflow: HashMap<u32, V>,
     /// Entries in `slots` (not counting `overflow`).
     direct: usize,
 }
@@ -28,7 +29,7 @@ impl<V> Default for TagTable<V> {
     fn default() -> Self {
         TagTable {
             slots: Vec::new(),
-            overflow: TagMap::default(),
+            overflow: HashMap::new(),
             direct: 0,
         }
     }
@@ -214,7 +215,6 @@ impl<V> TagTable<V> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::HashMap;
 
     #[test]
     fn sequential_tags_take_their_own_slots() {

@@ -13,38 +13,6 @@ use crate::text::OperationalParams;
 
 use super::error::ProtocolError;
 
-/// A hasher for maps keyed by a task tag this side chose (the initiator's ITTs, which
-/// it hands out in sequence): one multiply instead of SipHash. Used by the overflow map
-/// of [`super::tags::TagTable`]; not for keys a peer chooses, since a hostile peer could
-/// then pick colliding tags.
-#[derive(Default, Clone, Copy)]
-pub struct TagHasher(u64);
-
-impl std::hash::Hasher for TagHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        // Fibonacci hashing: spreads sequential tags over the high bits hashbrown uses
-        // for its control bytes, and the low bits it uses for the bucket.
-        self.0 = (u64::from(n) ^ self.0.rotate_left(5)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ self.0.rotate_left(5)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// A map keyed by tags this side chose (see [`TagHasher`]).
-pub type TagMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<TagHasher>>;
-
 /// A SCSI command to execute.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -399,26 +367,6 @@ pub const UNSOLICITED_TTT: u32 = RESERVED_TAG;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tag_hasher_spreads_sequential_tags() {
-        use std::hash::{BuildHasher, BuildHasherDefault};
-        let b = BuildHasherDefault::<TagHasher>::default();
-        let hashes: Vec<u64> = (0x100u32..0x100 + 1024).map(|t| b.hash_one(t)).collect();
-        let distinct: std::collections::BTreeSet<u64> = hashes.iter().copied().collect();
-        assert_eq!(distinct.len(), hashes.len());
-        // hashbrown keys its control bytes on the top 7 bits and its buckets on the low
-        // ones: sequential tags must not all share either.
-        let top: std::collections::BTreeSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        let low: std::collections::BTreeSet<u64> = hashes.iter().map(|h| h & 1023).collect();
-        assert!(top.len() > 100, "top 7 bits: {} values", top.len());
-        assert!(low.len() > 600, "low 10 bits: {} values", low.len());
-        let mut m: TagMap<u32, u32> = TagMap::default();
-        for t in 0..5000u32 {
-            m.insert(t, t * 2);
-        }
-        assert!((0..5000u32).all(|t| m.get(&t) == Some(&(t * 2))));
-    }
 
     fn params(imm: bool, r2t: bool, fbl: u32, mxdsl: u32) -> OperationalParams {
         OperationalParams {
