@@ -2,6 +2,11 @@
 //! initiator. Thin over the libraries: argument parsing, output and exit codes here,
 //! everything else in `oxiscsi-initiator`.
 
+// The doc comments on the argument structs are clap's --help text, written for a terminal
+// (`host[:port]`, `[::1]`, `<host>`), not rustdoc markdown: escaping them would show in
+// --help.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod cmd;
 mod common;
 

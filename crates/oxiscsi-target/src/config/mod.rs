@@ -1,6 +1,6 @@
 //! What the target serves: portals and portal groups, targets, LUNs, ACLs, CHAP accounts
 //! and limits, built from the quick flags of `oxiscsi target` or read from a TOML file
-//! ([`file`]).
+//! ([`file`](mod@file)).
 
 pub mod file;
 

@@ -2,8 +2,8 @@
 //! runs it and answers with status, sense and data. Every error is a specific sense
 //! key/ASC/ASCQ (see [`ScsiError`]); nothing from the initiator panics.
 //!
-//! Modules: [`inquiry`] (INQUIRY and VPD pages), [`rw`] (media access commands),
-//! [`mode`] (MODE SENSE pages).
+//! Modules: `inquiry` (INQUIRY and VPD pages), `rw` (media access commands),
+//! `mode` (MODE SENSE pages).
 
 mod extra;
 mod inquiry;
