@@ -21,11 +21,11 @@ use oxiscsi_proto::pdu::{Framer, TmfResponse, HEADER_INLINE};
 use oxiscsi_proto::session::tags::TagTable;
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
 use oxiscsi_proto::Digest;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::rx::Reader;
+use crate::sock::Socket;
 use crate::time::{OneShot, Timer};
 
 /// Most buffers handed to one `writev`.
@@ -86,7 +86,7 @@ pub(crate) struct Core {
 pub(crate) struct Shared {
     pub core: Mutex<Core>,
     /// Read only by the driver; written under the core's lock, so PDUs never interleave.
-    stream: TcpStream,
+    stream: Socket,
     /// Wakes [`crate::Session::closed`] waiters when the driver ends.
     pub closed_signal: Notify,
     span: tracing::Span,
@@ -95,7 +95,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(
         conn: InitiatorConnection,
-        stream: TcpStream,
+        stream: Socket,
         queue_depth: usize,
         span: tracing::Span,
         portal: String,
@@ -276,7 +276,7 @@ impl Core {
 
     /// Write what is queued without waiting. A full socket leaves the rest for the
     /// driver, which waits until it is writable.
-    fn flush(&mut self, stream: &TcpStream) {
+    fn flush(&mut self, stream: &Socket) {
         while !self.outq.is_empty() {
             // A command alone is one to three chunks: filling 64 slots for it cost more
             // than the rest of the write path's user-space work.
@@ -336,10 +336,7 @@ impl Core {
 }
 
 /// One `writev` of the first `N` (or fewer) chunks of the queue, without waiting.
-fn write_queue<const N: usize>(
-    stream: &TcpStream,
-    outq: &VecDeque<Chunk>,
-) -> std::io::Result<usize> {
+fn write_queue<const N: usize>(stream: &Socket, outq: &VecDeque<Chunk>) -> std::io::Result<usize> {
     let mut slices = [IoSlice::new(&[]); N];
     let n = outq.len().min(N);
     for (s, b) in slices.iter_mut().zip(outq.iter()) {
@@ -443,9 +440,7 @@ fn read<'a>(
                 // nginx assumes): mark it not ready rather than pay a read that fails
                 // with EAGAIN, and wait for the next edge now (bytes that arrive later
                 // raise one, which wakes the reader).
-                let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                });
+                stream.clear_read_ready();
                 set_lowat(stream, lowat, 0);
                 match stream.poll_read_ready(cx) {
                     Poll::Pending => return false,
@@ -482,7 +477,7 @@ fn read<'a>(
 /// the reader whatever the mark). Setting it also wakes us at once if the bytes are
 /// already queued (tcp_set_rcvlowat), so no edge is lost. `current` tracks the kernel's
 /// value: a refused call leaves both unchanged.
-fn set_lowat(stream: &TcpStream, current: &mut usize, remaining: usize) {
+fn set_lowat(stream: &Socket, current: &mut usize, remaining: usize) {
     let want = if remaining >= LOWAT_FROM {
         remaining.min(i32::MAX as usize)
     } else {

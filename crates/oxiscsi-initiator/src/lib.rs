@@ -13,6 +13,7 @@ mod error;
 mod limits;
 mod rx;
 mod session;
+mod sock;
 pub mod time;
 mod transport;
 mod url;

@@ -1,10 +1,11 @@
 //! Process limits a program holding many sessions needs.
 
-/// Lift the soft limit on open files to the hard one. Each session holds a socket and a
-/// timer (see [`crate::time`]), a target one socket per session and login in progress;
-/// the default soft limit of 1024 would cap a daemon or a target near 500–1000 sessions
-/// while the hard limit allows far more. Returns the soft limit now in force, or None
-/// when it cannot be read.
+/// Lift the soft limit on open files to the hard one. Each initiator session holds three
+/// descriptors (its socket twice, once registered for reading and once for writing, see
+/// `sock`; and a timer, see [`crate::time`]), a target one socket per session and login in
+/// progress: the default soft limit of 1024 would cap a daemon near 340 sessions and a
+/// target near 1000, while the hard limit allows far more. Returns the soft limit now in
+/// force, or None when it cannot be read.
 pub fn raise_fd_limit() -> Option<u64> {
     let mut r = libc::rlimit {
         rlim_cur: 0,

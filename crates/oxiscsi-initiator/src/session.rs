@@ -142,9 +142,10 @@ impl Session {
             InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
         conn.count_login_pdus(li.login_pdus);
         let framer = conn.rx_framer();
+        let socket = crate::sock::Socket::new(li.stream)?;
         let shared = Shared::new(
             conn,
-            li.stream,
+            socket,
             cfg.connection.queue_depth,
             span.clone(),
             li.portal.clone(),

@@ -69,13 +69,19 @@ impl Fake {
     /// Answer the login with the same negotiation rules a target uses; `digests` makes
     /// the fake require CRC32C data digests.
     async fn login(&mut self, data_digest: bool) -> Option<()> {
-        let local = vec![
+        self.login_with(data_digest, &[]).await
+    }
+
+    /// As [`Fake::login`], with more keys of the target's own.
+    async fn login_with(&mut self, data_digest: bool, extra: &[(&str, &str)]) -> Option<()> {
+        let mut local = vec![
             ("MaxRecvDataSegmentLength", "8192".to_string()),
             (
                 "DataDigest",
                 if data_digest { "CRC32C" } else { "None" }.to_string(),
             ),
         ];
+        local.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let mut neg = Negotiator::new(Role::Target, false, &local);
         loop {
             let Pdu::LoginRequest(req) = self.recv().await? else {
@@ -249,6 +255,89 @@ async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task:
                     f.send(&Pdu::ScsiResponse(r)).await;
                 }
             }
+        }
+    });
+    (portal, h)
+}
+
+/// A target that reads slowly: a small receive buffer, nothing read for a while after
+/// the first command, then every write taken whole (unsolicited data, InitialR2T=No)
+/// and checked against the pattern `i % 251` before its GOOD (CHECK CONDITION if any
+/// byte differs).
+async fn slow_reader_target() -> (String, tokio::task::JoinHandle<()>) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = sock.listen(1).unwrap();
+    let portal = l.local_addr().unwrap().to_string();
+    let h = tokio::spawn(async move {
+        let Ok((sock, _)) = l.accept().await else {
+            return;
+        };
+        let mut f = Fake {
+            sock,
+            buf: BytesMut::new(),
+            rx: Framer::default(),
+            tx: (Digest::None, Digest::None),
+            stat_sn: 100,
+        };
+        if f.login_with(false, &[("InitialR2T", "No")]).await.is_none() {
+            return;
+        }
+        // itt -> (command, bytes received, all of them as expected)
+        let mut writes: std::collections::HashMap<u32, (ScsiCommand, usize, bool)> =
+            Default::default();
+        let mut paused = false;
+        while let Some(p) = f.recv().await {
+            let (itt, data, offset) = match p {
+                Pdu::ScsiCommand(c) => {
+                    if !paused {
+                        paused = true;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let (itt, data) = (c.itt, c.data.clone());
+                    writes.insert(itt, (c, 0, true));
+                    (itt, data, 0)
+                }
+                Pdu::DataOut(d) => (d.itt, d.data, d.buffer_offset as usize),
+                _ => continue,
+            };
+            let Some((c, got, ok)) = writes.get_mut(&itt) else {
+                continue;
+            };
+            *ok &= data
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == ((offset + i) % 251) as u8);
+            *got += data.len();
+            if *got < c.expected_data_transfer_length as usize {
+                continue;
+            }
+            let status = if *ok {
+                ScsiStatus::GOOD
+            } else {
+                ScsiStatus::CHECK_CONDITION
+            };
+            let r = ScsiResponse {
+                bidi_overflow: false,
+                bidi_underflow: false,
+                overflow: false,
+                underflow: false,
+                response: ServiceResponse::COMPLETED,
+                status,
+                itt,
+                snack_tag: 0,
+                stat_sn: SerialNumber(f.stat_sn),
+                exp_cmd_sn: c.cmd_sn.next(),
+                max_cmd_sn: c.cmd_sn.plus(32),
+                exp_data_sn: 0,
+                bidi_read_residual_count: 0,
+                residual_count: 0,
+                data: Bytes::new(),
+            };
+            f.stat_sn += 1;
+            writes.remove(&itt);
+            f.send(&Pdu::ScsiResponse(r)).await;
         }
     });
     (portal, h)
@@ -643,4 +732,55 @@ async fn abort_one_command_in_flight() {
     let still = tokio::time::timeout(Duration::from_millis(300), other.wait()).await;
     assert!(still.is_err(), "only the aborted command may end");
     fake.abort();
+}
+
+/// Writes faster than the target reads: the socket fills, writing stops short, and the
+/// driver must wait until the socket is writable again and go on where it stopped. 32
+/// writes of 64 KiB (2 MiB) against a target with a 4 KiB receive buffer that reads
+/// nothing for 300 ms: every write completes, every byte arrives as sent, and all of it
+/// well before the session's 1 s task check, which would otherwise be what wakes a
+/// driver that missed the socket turning writable (it then took 1.3 s).
+async fn writes_wait_while_the_socket_is_full() {
+    let (portal, fake) = slow_reader_target().await;
+    let s = Session::connect(config(&portal)).await.unwrap();
+    let t0 = Instant::now();
+    let data = Bytes::from((0..64 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let writes: Vec<_> = (0..32u32)
+        .map(|i| {
+            let (s, data) = (s.clone(), data.clone());
+            tokio::spawn(async move {
+                let lba = (i * 128).to_be_bytes();
+                let cdb = vec![0x2a, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 128, 0];
+                s.execute(0, cdb, data, 0).await
+            })
+        })
+        .collect();
+    for (i, w) in writes.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .unwrap_or_else(|_| panic!("write {i} stalled"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        assert_eq!(
+            r.status,
+            ScsiStatus::GOOD,
+            "write {i}: the data arrived changed"
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "2 MiB of writes took {:?}: the driver was not woken when the socket drained",
+        t0.elapsed()
+    );
+    fake.abort();
+}
+
+#[tokio::test]
+async fn writes_wait_while_the_socket_is_full_current_thread() {
+    writes_wait_while_the_socket_is_full().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_while_the_socket_is_full_multi_thread() {
+    writes_wait_while_the_socket_is_full().await;
 }

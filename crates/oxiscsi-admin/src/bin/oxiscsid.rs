@@ -107,7 +107,8 @@ fn main() -> ExitCode {
             return ExitCode::from(7);
         }
     };
-    // Each session holds a socket and a timer fd, each LUN a FUSE file and a loop device.
+    // Each session holds its socket (twice: see oxiscsi_initiator::raise_fd_limit) and a
+    // timer fd, each LUN a FUSE file and a loop device.
     match oxiscsi_initiator::raise_fd_limit() {
         Some(n) => tracing::debug!(open_files = n, "open-file limit"),
         None => tracing::warn!("cannot read the open-file limit (getrlimit failed)"),
