@@ -44,6 +44,18 @@ struct Fake {
 }
 
 impl Fake {
+    /// The first connection to `l`, before login.
+    async fn accept(l: &TcpListener) -> Option<Fake> {
+        let (sock, _) = l.accept().await.ok()?;
+        Some(Fake {
+            sock,
+            buf: BytesMut::new(),
+            rx: Framer::default(),
+            tx: (Digest::None, Digest::None),
+            stat_sn: 100,
+        })
+    }
+
     async fn recv(&mut self) -> Option<Pdu> {
         loop {
             if let Ok(Some(p)) = self.rx.decode(&mut self.buf) {
@@ -137,19 +149,34 @@ impl Fake {
     }
 }
 
+/// A SCSI Response without data or residuals for command `c` (its `itt` given apart, so
+/// a wrong one can be sent).
+fn response(c: &ScsiCommand, itt: u32, stat_sn: u32, status: ScsiStatus) -> ScsiResponse {
+    ScsiResponse {
+        bidi_overflow: false,
+        bidi_underflow: false,
+        overflow: false,
+        underflow: false,
+        response: ServiceResponse::COMPLETED,
+        status,
+        itt,
+        snack_tag: 0,
+        stat_sn: SerialNumber(stat_sn),
+        exp_cmd_sn: c.cmd_sn.next(),
+        max_cmd_sn: c.cmd_sn.plus(32),
+        exp_data_sn: 0,
+        bidi_read_residual_count: 0,
+        residual_count: 0,
+        data: Bytes::new(),
+    }
+}
+
 async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let portal = l.local_addr().unwrap().to_string();
     let h = tokio::spawn(async move {
-        let Ok((sock, _)) = l.accept().await else {
+        let Some(mut f) = Fake::accept(&l).await else {
             return;
-        };
-        let mut f = Fake {
-            sock,
-            buf: BytesMut::new(),
-            rx: Framer::default(),
-            tx: (Digest::None, Digest::None),
-            stat_sn: 100,
         };
         if f.login(data_digest).await.is_none() {
             return;
@@ -186,23 +213,7 @@ async fn fake_target(how: Misbehave, data_digest: bool) -> (String, tokio::task:
                 residual_count: 0,
                 data,
             };
-            let resp = |itt: u32, stat_sn: u32| ScsiResponse {
-                bidi_overflow: false,
-                bidi_underflow: false,
-                overflow: false,
-                underflow: false,
-                response: ServiceResponse::COMPLETED,
-                status: ScsiStatus::GOOD,
-                itt,
-                snack_tag: 0,
-                stat_sn: SerialNumber(stat_sn),
-                exp_cmd_sn: c.cmd_sn.next(),
-                max_cmd_sn: c.cmd_sn.plus(32),
-                exp_data_sn: 0,
-                bidi_read_residual_count: 0,
-                residual_count: 0,
-                data: Bytes::new(),
-            };
+            let resp = |itt: u32, stat_sn: u32| response(&c, itt, stat_sn, ScsiStatus::GOOD);
             let len = c.expected_data_transfer_length as usize;
             match how {
                 Misbehave::Nothing => {
@@ -271,15 +282,8 @@ async fn slow_reader_target() -> (String, tokio::task::JoinHandle<()>) {
     let l = sock.listen(1).unwrap();
     let portal = l.local_addr().unwrap().to_string();
     let h = tokio::spawn(async move {
-        let Ok((sock, _)) = l.accept().await else {
+        let Some(mut f) = Fake::accept(&l).await else {
             return;
-        };
-        let mut f = Fake {
-            sock,
-            buf: BytesMut::new(),
-            rx: Framer::default(),
-            tx: (Digest::None, Digest::None),
-            stat_sn: 100,
         };
         if f.login_with(false, &[("InitialR2T", "No")]).await.is_none() {
             return;
@@ -318,23 +322,7 @@ async fn slow_reader_target() -> (String, tokio::task::JoinHandle<()>) {
             } else {
                 ScsiStatus::CHECK_CONDITION
             };
-            let r = ScsiResponse {
-                bidi_overflow: false,
-                bidi_underflow: false,
-                overflow: false,
-                underflow: false,
-                response: ServiceResponse::COMPLETED,
-                status,
-                itt,
-                snack_tag: 0,
-                stat_sn: SerialNumber(f.stat_sn),
-                exp_cmd_sn: c.cmd_sn.next(),
-                max_cmd_sn: c.cmd_sn.plus(32),
-                exp_data_sn: 0,
-                bidi_read_residual_count: 0,
-                residual_count: 0,
-                data: Bytes::new(),
-            };
+            let r = response(c, itt, f.stat_sn, status);
             f.stat_sn += 1;
             writes.remove(&itt);
             f.send(&Pdu::ScsiResponse(r)).await;
