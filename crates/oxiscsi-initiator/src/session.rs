@@ -100,6 +100,26 @@ impl std::fmt::Debug for Pending {
     }
 }
 
+/// A session logged in but its `what` (the socket's registrations, the timer) could not be
+/// set up: say so, and what to do when the cause is the open-file limit. The connection
+/// is closed as the error returns; nothing was sent in the full feature phase yet.
+fn after_login(what: &str, e: std::io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "; the open-file limit is reached: raise it (ulimit -n, LimitNOFILE=) or run fewer \
+             sessions (each holds three descriptors)"
+        }
+        _ => "",
+    };
+    Error::Io(std::io::Error::new(
+        e.kind(),
+        format!(
+            "logged in, but the session's {what} could not be set up ({e}){hint}; \
+             the connection is closed"
+        ),
+    ))
+}
+
 /// Retries for UNIT ATTENTION, which a target reports once after login or reset.
 const UA_RETRIES: usize = 3;
 
@@ -142,7 +162,7 @@ impl Session {
             InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
         conn.count_login_pdus(li.login_pdus);
         let framer = conn.rx_framer();
-        let socket = crate::sock::Socket::new(li.stream)?;
+        let socket = crate::sock::Socket::new(li.stream).map_err(|e| after_login("socket", e))?;
         let shared = Shared::new(
             conn,
             socket,
@@ -150,7 +170,9 @@ impl Session {
             span.clone(),
             li.portal.clone(),
         );
-        let driver = span.in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover))?;
+        let driver = span
+            .in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover))
+            .map_err(|e| after_login("timer", e))?;
         tokio::spawn(driver.instrument(span));
         Ok(Session {
             inner: Arc::new(Inner {
@@ -622,5 +644,31 @@ fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
         _ => Err(Error::Closed(
             "the session answered with the wrong kind of outcome".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_login;
+
+    #[test]
+    fn a_setup_failure_after_login_says_what_and_what_to_do() {
+        let e = after_login("socket", std::io::Error::from_raw_os_error(libc::EMFILE));
+        let m = e.to_string();
+        assert!(
+            m.contains("logged in, but the session's socket could not be set up"),
+            "{m}"
+        );
+        assert!(
+            m.contains("open-file limit") && m.contains("ulimit -n"),
+            "{m}"
+        );
+        assert!(m.contains("connection is closed"), "{m}");
+        let e = after_login("timer", std::io::Error::from_raw_os_error(libc::ENOMEM));
+        let m = e.to_string();
+        assert!(
+            m.contains("session's timer") && !m.contains("ulimit"),
+            "{m}"
+        );
     }
 }
