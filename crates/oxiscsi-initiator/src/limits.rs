@@ -29,8 +29,34 @@ pub fn raise_fd_limit() -> Option<u64> {
     Some(r.rlim_cur)
 }
 
+/// An error from creating a descriptor, with `context` in front and, when the cause is
+/// the open-file limit (EMFILE, or the system's ENFILE), what to do about it.
+pub(crate) fn fd_error(context: &str, e: std::io::Error) -> std::io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            "; the open-file limit is reached: raise it (ulimit -n, LimitNOFILE=) or run \
+             fewer sessions (each holds three descriptors)"
+        }
+        _ => "",
+    };
+    std::io::Error::new(e.kind(), format!("{context}: {e}{hint}"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn descriptor_errors_name_the_step_and_the_limit() {
+        let e = super::fd_error("cannot x", std::io::Error::from_raw_os_error(libc::EMFILE));
+        let m = e.to_string();
+        assert!(
+            m.starts_with("cannot x: ") && m.contains("ulimit -n"),
+            "{m}"
+        );
+        let e = super::fd_error("cannot y", std::io::Error::from_raw_os_error(libc::ENOMEM));
+        let m = e.to_string();
+        assert!(m.starts_with("cannot y: ") && !m.contains("ulimit"), "{m}");
+    }
+
     #[test]
     fn the_soft_limit_ends_at_the_hard_one() {
         let soft = super::raise_fd_limit().expect("getrlimit");

@@ -100,23 +100,13 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// A session logged in but its `what` (the socket's registrations, the timer) could not be
-/// set up: say so, and what to do when the cause is the open-file limit. The connection
-/// is closed as the error returns; nothing was sent in the full feature phase yet.
-fn after_login(what: &str, e: std::io::Error) -> Error {
-    let hint = match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            "; the open-file limit is reached: raise it (ulimit -n, LimitNOFILE=) or run fewer \
-             sessions (each holds three descriptors)"
-        }
-        _ => "",
-    };
+/// A session logged in but its socket or timer could not be set up (the cause, and for
+/// the open-file limit what to do, are in `e`). The connection is closed as the error
+/// returns; nothing was sent in the full feature phase yet.
+fn after_login(e: std::io::Error) -> Error {
     Error::Io(std::io::Error::new(
         e.kind(),
-        format!(
-            "logged in, but the session's {what} could not be set up ({e}){hint}; \
-             the connection is closed"
-        ),
+        format!("logged in, but {e}; the connection is closed"),
     ))
 }
 
@@ -162,7 +152,7 @@ impl Session {
             InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
         conn.count_login_pdus(li.login_pdus);
         let framer = conn.rx_framer();
-        let socket = crate::sock::Socket::new(li.stream).map_err(|e| after_login("socket", e))?;
+        let socket = crate::sock::Socket::new(li.stream).map_err(after_login)?;
         let shared = Shared::new(
             conn,
             socket,
@@ -172,7 +162,7 @@ impl Session {
         );
         let driver = span
             .in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover))
-            .map_err(|e| after_login("timer", e))?;
+            .map_err(after_login)?;
         tokio::spawn(driver.instrument(span));
         Ok(Session {
             inner: Arc::new(Inner {
@@ -649,25 +639,19 @@ fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::after_login;
-
     #[test]
-    fn a_setup_failure_after_login_says_what_and_what_to_do() {
-        let e = after_login("socket", std::io::Error::from_raw_os_error(libc::EMFILE));
-        let m = e.to_string();
+    fn a_setup_failure_after_login_says_so() {
+        let cause = crate::limits::fd_error(
+            "cannot duplicate the session's socket",
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        let m = super::after_login(cause).to_string();
         assert!(
-            m.contains("logged in, but the session's socket could not be set up"),
+            m.starts_with("logged in, but cannot duplicate the session's socket: "),
             "{m}"
         );
         assert!(
-            m.contains("open-file limit") && m.contains("ulimit -n"),
-            "{m}"
-        );
-        assert!(m.contains("connection is closed"), "{m}");
-        let e = after_login("timer", std::io::Error::from_raw_os_error(libc::ENOMEM));
-        let m = e.to_string();
-        assert!(
-            m.contains("session's timer") && !m.contains("ulimit"),
+            m.contains("ulimit -n") && m.ends_with("the connection is closed"),
             "{m}"
         );
     }

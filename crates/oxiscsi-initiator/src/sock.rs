@@ -19,6 +19,8 @@ use bytes::BufMut;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::limits::fd_error;
+
 pub(crate) struct Socket {
     rd: AsyncFd<TcpStream>,
     wr: AsyncFd<TcpStream>,
@@ -28,13 +30,21 @@ impl Socket {
     /// Take over a connected tokio stream (it is non-blocking already). Must run on a
     /// runtime with I/O enabled.
     pub(crate) fn new(stream: tokio::net::TcpStream) -> io::Result<Socket> {
-        let rd = stream.into_std()?;
-        let wr = rd.try_clone()?;
+        let reg =
+            |e: io::Error| fd_error("cannot register the session's socket with the reactor", e);
+        let rd = stream
+            .into_std()
+            .map_err(|e| fd_error("cannot take the session's socket over from tokio", e))?;
+        let wr = rd
+            .try_clone()
+            .map_err(|e| fd_error("cannot duplicate the session's socket", e))?;
         // SAFETY: each descriptor is owned by the TcpStream moved into its AsyncFd, stays
         // open and names the same socket for the AsyncFd's whole life.
-        let rd = unsafe { AsyncFd::register_with_interest(rd, Interest::READABLE) }?;
+        let rd = unsafe { AsyncFd::register_with_interest(rd, Interest::READABLE) }
+            .map_err(|e| reg(e.into()))?;
         // SAFETY: as above, for the duplicate descriptor.
-        let wr = unsafe { AsyncFd::register_with_interest(wr, Interest::WRITABLE) }?;
+        let wr = unsafe { AsyncFd::register_with_interest(wr, Interest::WRITABLE) }
+            .map_err(|e| reg(e.into()))?;
         Ok(Socket { rd, wr })
     }
 

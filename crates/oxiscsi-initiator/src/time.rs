@@ -137,10 +137,10 @@ mod timerfd {
                 )
             };
             if raw < 0 {
-                return Err(io::Error::other(format!(
-                    "cannot create a timer (timerfd_create): {}",
-                    io::Error::last_os_error()
-                )));
+                return Err(crate::limits::fd_error(
+                    "cannot create a timer (timerfd_create)",
+                    io::Error::last_os_error(),
+                ));
             }
             // SAFETY: `raw` was just returned by timerfd_create and is owned by nobody else.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
