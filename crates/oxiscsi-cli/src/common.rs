@@ -174,6 +174,15 @@ pub fn session_config(
 
 /// Connect to the URL's target and return the session and LUN.
 pub async fn open(url_s: &str, opts: &CommonOpts) -> CliResult<(Session, u16, IscsiUrl)> {
+    open_with(url_s, opts, |_| {}).await
+}
+
+/// As [`open`], with the session's configuration adjusted by `tweak` before login.
+pub async fn open_with(
+    url_s: &str,
+    opts: &CommonOpts,
+    tweak: impl FnOnce(&mut SessionConfig),
+) -> CliResult<(Session, u16, IscsiUrl)> {
     let url = parse_url(url_s)?;
     if url.target.is_none() {
         return Err(CliError::Usage(format!(
@@ -187,7 +196,8 @@ pub async fn open(url_s: &str, opts: &CommonOpts) -> CliResult<(Session, u16, Is
             url.redacted()
         ))
     })?;
-    let cfg = session_config(&url, opts, None)?;
+    let mut cfg = session_config(&url, opts, None)?;
+    tweak(&mut cfg);
     let session = Session::connect(cfg).await?;
     Ok((session, lun, url))
 }

@@ -205,7 +205,16 @@ fn ls_inq_readcap_json_and_text() {
 fn perf_json_fields() {
     let t = Tgtd::start();
     t.target(1, IQN, &[16 << 20]);
-    for extra in [&["-r"][..], &["--write"][..]] {
+    // Both ways of issuing (a completion queue from one task; a task per slot), reads
+    // dropped and kept, writes.
+    for extra in [
+        &["-r"][..],
+        &["--write"][..],
+        &["--own-buffers"][..],
+        &["-r", "--tasks"][..],
+        &["--write", "--tasks"][..],
+        &["--own-buffers", "--tasks"][..],
+    ] {
         let mut args = vec!["perf", "--json", "-t", "1", "-m", "4", "-b", "8"];
         args.extend_from_slice(extra);
         let url = t.url(IQN, 1);
@@ -222,6 +231,13 @@ fn perf_json_fields() {
         ] {
             assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
         }
+        let api = if extra.contains(&"--tasks") {
+            "tasks"
+        } else {
+            "queue"
+        };
+        assert_eq!(v["api"], api, "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
     }
 }
 

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -49,12 +50,44 @@ pub(crate) enum Outcome {
 
 struct Waiter {
     waker: Option<Waker>,
+    /// Delivered to a completion queue ([`crate::Queue`]) with the caller's token
+    /// instead of to a waiting future.
+    to_queue: Option<(QueueId, u64)>,
     outcome: Option<Outcome>,
     /// A SCSI command holding one of the session's queue slots until the target answers.
     holds_slot: bool,
     /// False once the caller stopped waiting (its future was dropped): the outcome is
     /// dropped when it comes.
     listening: bool,
+}
+
+/// Names a completion queue: its index in the core's table and that index's generation,
+/// so an id kept past [`Core::close_queue`] never reaches the queue that reuses the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueId {
+    index: u32,
+    generation: u32,
+}
+
+#[derive(Default)]
+struct QueueState {
+    generation: u32,
+    open: bool,
+    /// Commands submitted through the queue and not yet handed back by
+    /// [`Core::poll_queue`] (finished ones waiting in `done` included).
+    in_flight: usize,
+    done: Vec<(u64, Outcome)>,
+    /// The consumer's waker, taken by the first completion: one wake-up per batch.
+    waker: Option<Waker>,
+}
+
+impl QueueState {
+    fn deliver(&mut self, token: u64, outcome: Outcome) {
+        self.done.push((token, outcome));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// Everything callers and the driver share, behind [`Shared::core`].
@@ -70,6 +103,8 @@ pub(crate) struct Core {
     queue_depth: usize,
     /// Callers waiting for a slot, first come first served.
     slot_queue: VecDeque<(u64, Waker)>,
+    /// Completion queues by index; a closed one's index is reused with a new generation.
+    queues: Vec<QueueState>,
     next_ticket: u64,
     /// The driver's waker, and whether a caller has already asked it to run.
     driver: Option<Waker>,
@@ -111,6 +146,7 @@ impl Shared {
                 active: 0,
                 queue_depth: queue_depth.max(1),
                 slot_queue: VecDeque::new(),
+                queues: Vec::new(),
                 next_ticket: 0,
                 driver: None,
                 kicked: false,
@@ -172,6 +208,7 @@ impl Core {
             id.0,
             Waiter {
                 waker,
+                to_queue: None,
                 outcome: None,
                 holds_slot,
                 listening: true,
@@ -254,7 +291,13 @@ impl Core {
             return;
         };
         let holds_slot = std::mem::take(&mut w.holds_slot);
-        if w.listening {
+        if let Some((q, token)) = w.to_queue {
+            self.waiters.remove(&id.0);
+            // Dropped when the queue was closed meanwhile.
+            if let Some(st) = self.queue_mut(q) {
+                st.deliver(token, outcome);
+            }
+        } else if w.listening {
             w.outcome = Some(outcome);
             if let Some(k) = w.waker.take() {
                 k.wake();
@@ -317,6 +360,113 @@ impl Core {
         match &w.waker {
             Some(k) if k.will_wake(cx.waker()) => {}
             _ => w.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    fn queue_mut(&mut self, q: QueueId) -> Option<&mut QueueState> {
+        self.queues
+            .get_mut(q.index as usize)
+            .filter(|st| st.open && st.generation == q.generation)
+    }
+
+    /// A new completion queue (see [`crate::Queue`]).
+    pub(crate) fn open_queue(&mut self) -> QueueId {
+        let index = match self.queues.iter().position(|st| !st.open) {
+            Some(i) => i,
+            None => {
+                self.queues.push(QueueState::default());
+                self.queues.len() - 1
+            }
+        };
+        let st = &mut self.queues[index];
+        st.open = true;
+        QueueId {
+            index: index as u32,
+            generation: st.generation,
+        }
+    }
+
+    /// The queue's owner is gone: its commands still run to their end at the target
+    /// (keeping their slots until then) and their outcomes are dropped, as for a dropped
+    /// [`Wait`]: the new generation no longer matches the id their waiters carry.
+    pub(crate) fn close_queue(&mut self, q: QueueId) {
+        let Some(st) = self.queue_mut(q) else { return };
+        *st = QueueState {
+            generation: st.generation.wrapping_add(1),
+            ..QueueState::default()
+        };
+    }
+
+    /// Submit a SCSI command whose outcome goes to queue `q` with `token`. It takes a
+    /// queue slot at once or fails: a caller waiting in line for one goes first.
+    #[allow(clippy::result_large_err)] // the library's error, as Queue::submit returns it
+    pub(crate) fn queue_submit(
+        &mut self,
+        q: QueueId,
+        token: u64,
+        cmd: Command,
+        now: Instant,
+    ) -> Result<(), Error> {
+        if let Some(why) = &self.closed {
+            return Err(Error::Closed(why.clone()));
+        }
+        if self.active >= self.queue_depth || !self.slot_queue.is_empty() {
+            return Err(Error::QueueFull {
+                depth: self.queue_depth,
+            });
+        }
+        if self.queue_mut(q).is_none() {
+            return Err(Error::Closed("the completion queue was closed".into()));
+        }
+        self.active += 1;
+        match self.conn.submit(now, cmd) {
+            Ok(id) => {
+                self.waiters.insert(
+                    id.0,
+                    Waiter {
+                        waker: None,
+                        to_queue: Some((q, token)),
+                        outcome: None,
+                        holds_slot: true,
+                        listening: true,
+                    },
+                );
+                if let Some(st) = self.queue_mut(q) {
+                    st.in_flight += 1;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.release_slot();
+                Err(Error::Task(e))
+            }
+        }
+    }
+
+    /// Move queue `q`'s finished commands to `out`; register the caller's waker when
+    /// there are none yet. Ready with 0 when nothing is in flight.
+    pub(crate) fn poll_queue(
+        &mut self,
+        q: QueueId,
+        cx: &mut Context<'_>,
+        out: &mut Vec<(u64, Outcome)>,
+    ) -> Poll<usize> {
+        let Some(st) = self.queue_mut(q) else {
+            return Poll::Ready(0);
+        };
+        if !st.done.is_empty() {
+            let n = st.done.len();
+            st.in_flight -= n;
+            out.append(&mut st.done);
+            return Poll::Ready(n);
+        }
+        if st.in_flight == 0 {
+            return Poll::Ready(0);
+        }
+        match &st.waker {
+            Some(k) if k.will_wake(cx.waker()) => {}
+            _ => st.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -506,14 +656,14 @@ fn set_lowat(stream: &Socket, current: &mut usize, remaining: usize) {
 /// Takes a queue slot (first come, first served) and submits one SCSI command; resolves
 /// to its task id. The command's waiter is registered with this future's waker, so the
 /// caller that goes on to [`Wait`] is woken by its completion without another lock.
-pub(crate) struct Submit {
-    shared: Arc<Shared>,
+pub(crate) struct Submit<'a> {
+    shared: &'a Shared,
     cmd: Option<Command>,
     ticket: Option<u64>,
 }
 
-impl Submit {
-    pub(crate) fn new(shared: Arc<Shared>, cmd: Command) -> Submit {
+impl<'a> Submit<'a> {
+    pub(crate) fn new(shared: &'a Shared, cmd: Command) -> Submit<'a> {
         Submit {
             shared,
             cmd: Some(cmd),
@@ -522,7 +672,7 @@ impl Submit {
     }
 }
 
-impl Future for Submit {
+impl Future for Submit<'_> {
     type Output = Result<TaskId, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -585,7 +735,7 @@ impl Future for Submit {
     }
 }
 
-impl Drop for Submit {
+impl Drop for Submit<'_> {
     fn drop(&mut self) {
         let Some(t) = self.ticket else { return };
         let mut core = self.shared.lock();
@@ -601,8 +751,12 @@ impl Drop for Submit {
 
 /// Waits for the outcome of an exchange the core accepted. Dropping it leaves the
 /// session consistent: the exchange ends at the target and its outcome is dropped.
-pub(crate) struct Wait {
-    shared: Arc<Shared>,
+///
+/// `S` is how it reaches the session: borrowed while the caller awaits it in place (no
+/// reference count to touch per command), an `Arc` when it outlives the call
+/// ([`Pending`](crate::session::Pending)).
+pub(crate) struct Wait<S: Deref<Target = Shared> = Arc<Shared>> {
+    shared: S,
     id: TaskId,
     done: bool,
     /// The waiter already holds this task's waker (registered by [`Submit`] in the same
@@ -610,8 +764,8 @@ pub(crate) struct Wait {
     registered: bool,
 }
 
-impl Wait {
-    pub(crate) fn new(shared: Arc<Shared>, id: TaskId) -> Wait {
+impl<S: Deref<Target = Shared>> Wait<S> {
+    pub(crate) fn new(shared: S, id: TaskId) -> Wait<S> {
         Wait {
             shared,
             id,
@@ -622,14 +776,14 @@ impl Wait {
 
     /// For the task that just ran [`Submit`] to completion and polls this next, in the
     /// same poll: the completion wakes that waker, so the first poll returns at once.
-    pub(crate) fn after_submit(shared: Arc<Shared>, id: TaskId) -> Wait {
+    pub(crate) fn after_submit(shared: S, id: TaskId) -> Wait<S> {
         let mut w = Wait::new(shared, id);
         w.registered = true;
         w
     }
 }
 
-impl Future for Wait {
+impl<S: Deref<Target = Shared> + Unpin> Future for Wait<S> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -645,7 +799,7 @@ impl Future for Wait {
     }
 }
 
-impl Drop for Wait {
+impl<S: Deref<Target = Shared>> Drop for Wait<S> {
     fn drop(&mut self) {
         if !self.done {
             self.shared.lock().forget(self.id);
@@ -668,7 +822,7 @@ pub(crate) async fn call(
         shared.after_call(&mut core);
         id
     };
-    Ok(Wait::new(shared.clone(), id).await)
+    Ok(Wait::new(&**shared, id).await)
 }
 
 /// Whether the driver's timer must be set again for the core's next deadline. Only when
@@ -747,8 +901,12 @@ fn finish(shared: &Shared, core: &mut Core) {
         .take()
         .unwrap_or_else(|| "connection closed".into());
     core.closed = Some(reason.clone());
+    let mut to_queues = Vec::new();
     for (_, w) in core.waiters.iter_mut() {
-        if w.outcome.is_none() {
+        if let Some((q, token)) = w.to_queue {
+            to_queues.push((q, token));
+            w.listening = false;
+        } else if w.outcome.is_none() {
             // The caller's future maps a SCSI-shaped error onto whatever it waits for.
             w.outcome = Some(Outcome::Scsi(Err(Box::new(Error::Closed(reason.clone())))));
             if let Some(k) = w.waker.take() {
@@ -757,6 +915,12 @@ fn finish(shared: &Shared, core: &mut Core) {
         }
     }
     core.waiters.retain(|_, w| w.listening);
+    for (q, token) in to_queues {
+        let err = Error::Closed(reason.clone());
+        if let Some(st) = core.queue_mut(q) {
+            st.deliver(token, Outcome::Scsi(Err(Box::new(err))));
+        }
+    }
     for (_, w) in core.slot_queue.drain(..) {
         w.wake();
     }

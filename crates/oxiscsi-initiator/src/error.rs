@@ -50,6 +50,9 @@ pub enum Error {
         status: ScsiStatus,
         sense: Option<Sense>,
     },
+    /// A [`crate::Queue`] submission found every command slot of the session in use.
+    #[error("all {depth} command slots of the session are in use: wait for a completion (Queue::next) before submitting more, or raise the session's queue depth")]
+    QueueFull { depth: usize },
     #[error("session closed: {0}")]
     Closed(String),
     #[error("{0}")]

@@ -11,6 +11,7 @@ mod discovery;
 mod driver;
 mod error;
 mod limits;
+mod queue;
 mod rx;
 mod session;
 mod sock;
@@ -24,6 +25,7 @@ pub use error::Error;
 pub use limits::raise_fd_limit;
 pub use oxiscsi_proto as proto;
 pub use oxiscsi_scsi as scsi;
+pub use queue::{Completion, Queue};
 pub use session::{Pending, Session, SessionInfo};
 pub use url::{IscsiUrl, UrlError};
 

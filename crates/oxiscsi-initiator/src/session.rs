@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::config::SessionConfig;
 use crate::driver::{self, Outcome, Shared};
 use crate::error::Error;
+use crate::queue::Queue;
 use crate::transport;
 
 /// What a session negotiated and where it runs.
@@ -241,7 +242,7 @@ impl Session {
         let cmd = Command::new(Lun::from_number(lun), cdb)
             .with_data_out(data_out)
             .with_read(read_len);
-        let id = driver::Submit::new(self.inner.shared.clone(), cmd).await?;
+        let id = driver::Submit::new(&self.inner.shared, cmd).await?;
         Ok(Pending {
             id,
             lun,
@@ -258,12 +259,22 @@ impl Session {
             .await
     }
 
+    /// A completion queue on this session: submit commands without awaiting each, collect
+    /// their outcomes in batches (see [`Queue`]).
+    pub fn queue(&self) -> Queue {
+        Queue::new(self.clone())
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
     /// Take a queue slot (released when the target answers, whatever the caller does),
     /// submit and wait. Cancellation-safe at every await.
     async fn submit(&self, cmd: Command) -> Result<ScsiResult, Error> {
         let shared = &self.inner.shared;
-        let id = driver::Submit::new(shared.clone(), cmd).await?;
-        scsi_outcome(driver::Wait::after_submit(shared.clone(), id).await)
+        let id = driver::Submit::new(shared, cmd).await?;
+        scsi_outcome(driver::Wait::after_submit(&**shared, id).await)
     }
 
     /// Run a command; a status other than GOOD becomes [`Error::Scsi`] with decoded
@@ -627,7 +638,7 @@ impl Session {
 // The library's one error type is returned by value everywhere (the async methods are
 // not linted); this helper follows suit.
 #[allow(clippy::result_large_err)]
-fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
+pub(crate) fn scsi_outcome(o: Outcome) -> Result<ScsiResult, Error> {
     match o {
         Outcome::Scsi(r) => r.map_err(|e| *e),
         Outcome::Tmf(Err(e)) | Outcome::Text(Err(e)) => Err(*e),

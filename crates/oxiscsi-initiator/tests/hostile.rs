@@ -772,3 +772,41 @@ async fn writes_wait_while_the_socket_is_full_current_thread() {
 async fn writes_wait_while_the_socket_is_full_multi_thread() {
     writes_wait_while_the_socket_is_full().await;
 }
+
+/// Commands in flight through a completion queue when the target breaks a rule: each
+/// comes back failed with the reason (none is left waiting), a closed session refuses
+/// new submissions, and an empty queue answers at once.
+#[tokio::test]
+async fn queued_commands_fail_with_the_session() {
+    use oxiscsi_initiator::proto::session::Command;
+    let (portal, fake) = fake_target(Misbehave::MalformedBhs, false).await;
+    let s = Session::connect(config(&portal)).await.unwrap();
+    let mut q = s.queue();
+    let read = || {
+        Command::new(
+            Lun::from_number(0),
+            vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+        )
+        .with_read(8192)
+    };
+    for token in 0..4 {
+        q.submit(token, read()).unwrap();
+    }
+    let mut done = Vec::new();
+    while q.in_flight() > 0 {
+        tokio::time::timeout(Duration::from_secs(10), q.next(&mut done))
+            .await
+            .expect("no hang: every queued command ends");
+    }
+    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+    tokens.sort();
+    assert_eq!(tokens, [0, 1, 2, 3]);
+    for c in &done {
+        let e = c.result.as_ref().expect_err("the session failed");
+        assert!(e.to_string().contains("SCSI Data-In"), "{e}");
+    }
+    let e = q.submit(9, read()).unwrap_err();
+    assert!(matches!(e, Error::Closed(_)), "{e}");
+    assert_eq!(q.next(&mut done).await, 0);
+    fake.abort();
+}

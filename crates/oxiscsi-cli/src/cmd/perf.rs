@@ -9,14 +9,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use oxiscsi_proto::pdu::ScsiStatus;
+use oxiscsi_initiator::{Queue, Session};
+use oxiscsi_proto::pdu::{Lun, ScsiStatus};
+use oxiscsi_proto::session::{Command, ScsiResult};
 use oxiscsi_scsi::cdb::Cdb;
+use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::common::{cpu_times, open, CliError, CliResult, CommonOpts};
+use crate::common::{cpu_times, open_with, CliError, CliResult, CommonOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,6 +43,10 @@ pub struct Args {
     /// an application that keeps its data pays on top).
     #[arg(long)]
     pub own_buffers: bool,
+    /// One task per I/O slot, each awaiting Session::execute, instead of one task
+    /// keeping all in flight through a completion queue (Session::queue).
+    #[arg(long)]
+    pub tasks: bool,
     /// iscsi://[user[%password]@]host[:port]/target-iqn/lun
     pub url: String,
 }
@@ -66,6 +73,9 @@ struct Report {
     write: bool,
     /// Reads kept in a buffer per I/O slot (`--own-buffers`) rather than dropped.
     own_buffers: bool,
+    /// How the I/Os were issued: "queue" (one task, a completion queue) or "tasks" (a
+    /// task per slot awaiting each command).
+    api: &'static str,
 }
 
 struct Worker {
@@ -80,7 +90,13 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
     if args.blocks == 0 || args.max_in_flight == 0 {
         return Err(CliError::Usage("-b and -m must be at least 1".into()));
     }
-    let (session, lun, url) = open(&args.url, opts).await?;
+    // Room for every slot: the completion queue refuses a command when the session's
+    // queue depth (default 128) is used up, where iscsi-perf -m has no such cap.
+    let qd = args.max_in_flight;
+    let (session, lun, url) = open_with(&args.url, opts, |cfg| {
+        cfg.connection.queue_depth = cfg.connection.queue_depth.max(qd)
+    })
+    .await?;
     let cap = session.read_capacity(lun).await?;
     let num_blocks = cap.blocks();
     let bs = cap.block_size;
@@ -123,104 +139,42 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         Bytes::new()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let pos = Arc::new(AtomicU64::new(0));
     let done_ios = Arc::new(AtomicU64::new(0));
     // The live line on a terminal needs a shared count; without it each worker only
     // counts its own (an atomic add per I/O showed up in profiles).
     let show = !opts.json && std::io::stdout().is_terminal();
+    let load = Load {
+        lun,
+        bs,
+        blocks: args.blocks,
+        num_blocks,
+        random: args.random,
+        write: args.write,
+        own: args.own_buffers,
+        payload,
+    };
     let start = Instant::now();
     let cpu0 = cpu_times();
     let mut handles = Vec::new();
-    for w in 0..args.max_in_flight {
-        let (s, stop, pos, done_ios, payload) = (
-            session.clone(),
-            stop.clone(),
-            pos.clone(),
-            done_ios.clone(),
-            payload.clone(),
-        );
-        let (blocks, random, write, own) = (args.blocks, args.random, args.write, args.own_buffers);
+    if args.tasks {
+        let pos = Arc::new(AtomicU64::new(0));
+        for w in 0..args.max_in_flight {
+            let (s, stop, pos, done_ios, load) = (
+                session.clone(),
+                stop.clone(),
+                pos.clone(),
+                done_ios.clone(),
+                load.clone(),
+            );
+            handles.push(tokio::spawn(async move {
+                task_worker(s, load, w as u64, pos, stop, show.then_some(done_ios)).await
+            }));
+        }
+    } else {
+        let (s, stop, done_ios) = (session.clone(), stop.clone(), done_ios.clone());
+        let qd = args.max_in_flight;
         handles.push(tokio::spawn(async move {
-            // Xoshiro, not ChaCha: LBAs need no cryptographic quality, and ChaCha's block
-            // refills showed in the per-I/O profile.
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(w as u64 ^ 0x9e37_79b9_7f4a_7c15);
-            let mut wk = Worker {
-                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-                    .expect("static histogram bounds are valid"),
-                ios: 0,
-                bytes: 0,
-                errors: 0,
-                first_error: None,
-            };
-            let span = num_blocks - u64::from(blocks) + 1;
-            // With --own-buffers: one read buffer per worker, reused.
-            let mut buf = own.then(|| bytes::BytesMut::with_capacity((blocks * bs) as usize));
-            // One clock read per I/O: each command's latency runs from the previous one's
-            // completion in this worker (which is when this one is built and sent) to its
-            // own, so it includes the worker's own few instructions between the two.
-            let mut t0 = mono_ns();
-            while !stop.load(Ordering::Relaxed) {
-                let lba = if random {
-                    rng.gen_range(0..span)
-                } else {
-                    let p = pos.fetch_add(u64::from(blocks), Ordering::Relaxed) % num_blocks;
-                    p.min(span - 1)
-                };
-                let r = if write {
-                    let cdb = cdb_buf(Cdb::Write16 {
-                        lba,
-                        blocks,
-                        fua: false,
-                        dpo: false,
-                    });
-                    s.execute(lun, cdb, payload.clone(), 0).await
-                } else {
-                    let cdb = cdb_buf(Cdb::Read16 {
-                        lba,
-                        blocks,
-                        fua: false,
-                        dpo: false,
-                    });
-                    if own {
-                        let b = buf.take().unwrap_or_default();
-                        s.execute_into(lun, cdb, blocks * bs, b).await
-                    } else {
-                        s.execute_discard(lun, cdb, blocks * bs).await
-                    }
-                };
-                let t1 = mono_ns();
-                let ns = t1.saturating_sub(t0);
-                t0 = t1;
-                match r {
-                    Ok(mut res) if res.status == ScsiStatus::GOOD => {
-                        if own && !write {
-                            buf = std::mem::take(&mut res.data).try_into_mut().ok();
-                        }
-                        let _ = wk.hist.record(ns.max(1));
-                        wk.ios += 1;
-                        wk.bytes += u64::from(blocks) * u64::from(bs);
-                        if show {
-                            done_ios.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Ok(res) => {
-                        wk.errors += 1;
-                        wk.first_error.get_or_insert_with(|| {
-                            let sense = oxiscsi_scsi::Sense::parse(&res.sense)
-                                .map(|s| s.to_string())
-                                .unwrap_or_default();
-                            format!("{} {sense}", res.status)
-                        });
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        wk.errors += 1;
-                        wk.first_error.get_or_insert_with(|| e.to_string());
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
-            wk
+            queue_worker(s, load, qd, stop, show.then_some(done_ios)).await
         }));
     }
     // Run until the time is up, Ctrl-C, or a worker stops on an error.
@@ -251,14 +205,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let mut total = Worker {
-        hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-            .expect("static histogram bounds are valid"),
-        ios: 0,
-        bytes: 0,
-        errors: 0,
-        first_error: None,
-    };
+    let mut total = Worker::new();
     for h in handles {
         let w = h
             .await
@@ -300,6 +247,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         random: args.random,
         write: args.write,
         own_buffers: args.own_buffers,
+        api: if args.tasks { "tasks" } else { "queue" },
     };
     if opts.json {
         println!(
@@ -324,6 +272,249 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         )));
     }
     Ok(())
+}
+
+/// What every I/O of the run does.
+#[derive(Clone)]
+struct Load {
+    lun: u16,
+    bs: u32,
+    blocks: u32,
+    num_blocks: u64,
+    random: bool,
+    write: bool,
+    own: bool,
+    /// Writes send one seeded buffer over and over.
+    payload: Bytes,
+}
+
+impl Load {
+    /// The next I/O's first block: random, or sequential from `*pos` (iscsi-perf's order),
+    /// wrapping so that the I/O ends inside the LUN.
+    fn lba(&self, rng: &mut SmallRng, pos: &mut u64) -> u64 {
+        let span = self.num_blocks - u64::from(self.blocks) + 1;
+        if self.random {
+            rng.gen_range(0..span)
+        } else {
+            let p = *pos % self.num_blocks;
+            *pos = pos.wrapping_add(u64::from(self.blocks));
+            p.min(span - 1)
+        }
+    }
+
+    fn cdb(&self, lba: u64) -> oxiscsi_proto::pdu::CdbBuf {
+        let (blocks, fua, dpo) = (self.blocks, false, false);
+        cdb_buf(if self.write {
+            Cdb::Write16 {
+                lba,
+                blocks,
+                fua,
+                dpo,
+            }
+        } else {
+            Cdb::Read16 {
+                lba,
+                blocks,
+                fua,
+                dpo,
+            }
+        })
+    }
+
+    fn io_bytes(&self) -> u32 {
+        self.blocks * self.bs
+    }
+
+    /// The I/O as a command for a [`Queue`]: reads land in `buf` with --own-buffers and
+    /// are checked and dropped otherwise.
+    fn command(&self, lba: u64, buf: Option<BytesMut>) -> Command {
+        let cmd = Command::new(Lun::from_number(self.lun), self.cdb(lba));
+        if self.write {
+            cmd.with_data_out(self.payload.clone())
+        } else if let Some(b) = buf {
+            cmd.with_read_into(self.io_bytes(), b)
+        } else {
+            cmd.with_read_discarded(self.io_bytes())
+        }
+    }
+}
+
+fn seeded_rng(worker: u64) -> SmallRng {
+    // Xoshiro, not ChaCha: LBAs need no cryptographic quality, and ChaCha's block refills
+    // showed in the per-I/O profile.
+    SmallRng::seed_from_u64(worker ^ 0x9e37_79b9_7f4a_7c15)
+}
+
+impl Worker {
+    fn new() -> Worker {
+        Worker {
+            hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("static histogram bounds are valid"),
+            ios: 0,
+            bytes: 0,
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    /// Count one finished I/O; an error or a status other than GOOD stops the run. The
+    /// read buffer comes back for reuse with --own-buffers.
+    fn finished(
+        &mut self,
+        load: &Load,
+        r: Result<ScsiResult, oxiscsi_initiator::Error>,
+        ns: u64,
+        stop: &AtomicBool,
+    ) -> Option<BytesMut> {
+        match r {
+            Ok(mut res) if res.status == ScsiStatus::GOOD => {
+                let _ = self.hist.record(ns.max(1));
+                self.ios += 1;
+                self.bytes += u64::from(load.io_bytes());
+                (load.own && !load.write)
+                    .then(|| std::mem::take(&mut res.data).try_into_mut().ok())
+                    .flatten()
+            }
+            Ok(res) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| {
+                    let sense = oxiscsi_scsi::Sense::parse(&res.sense)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    format!("{} {sense}", res.status)
+                });
+                stop.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+                stop.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// The default: one task keeps `qd` commands in flight through a completion [`Queue`],
+/// as iscsi-perf does through libiscsi's callbacks. Each batch of completions costs one
+/// wake-up and one clock read; each I/O's latency runs from its submission to the
+/// collection of the batch it finished in.
+async fn queue_worker(
+    s: Session,
+    load: Load,
+    qd: usize,
+    stop: Arc<AtomicBool>,
+    live: Option<Arc<AtomicU64>>,
+) -> Worker {
+    let mut st = Slots {
+        q: s.queue(),
+        rng: seeded_rng(0),
+        pos: 0,
+        sent_at: vec![0; qd],
+        // With --own-buffers: one read buffer per slot, reused.
+        bufs: (0..qd)
+            .map(|_| {
+                (load.own && !load.write).then(|| BytesMut::with_capacity(load.io_bytes() as usize))
+            })
+            .collect(),
+    };
+    let mut wk = Worker::new();
+    let now = mono_ns();
+    for slot in 0..qd {
+        st.submit(&load, slot, now, &mut wk, &stop);
+    }
+    let mut done = Vec::with_capacity(qd);
+    loop {
+        let n = st.q.next(&mut done).await;
+        if n == 0 {
+            break;
+        }
+        let now = mono_ns();
+        for c in done.drain(..) {
+            let slot = c.token as usize;
+            let ns = now.saturating_sub(st.sent_at[slot]);
+            if let Some(b) = wk.finished(&load, c.result, ns, &stop) {
+                st.bufs[slot] = Some(b);
+            }
+            if !stop.load(Ordering::Relaxed) {
+                st.submit(&load, slot, now, &mut wk, &stop);
+            }
+        }
+        if let Some(live) = &live {
+            live.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    wk
+}
+
+/// The queue worker's I/O slots.
+struct Slots {
+    q: Queue,
+    rng: SmallRng,
+    pos: u64,
+    sent_at: Vec<u64>,
+    bufs: Vec<Option<BytesMut>>,
+}
+
+impl Slots {
+    fn submit(&mut self, load: &Load, slot: usize, now: u64, wk: &mut Worker, stop: &AtomicBool) {
+        let lba = load.lba(&mut self.rng, &mut self.pos);
+        let cmd = load.command(lba, self.bufs[slot].take());
+        match self.q.submit(slot as u64, cmd) {
+            Ok(()) => self.sent_at[slot] = now,
+            Err(e) => {
+                wk.errors += 1;
+                wk.first_error.get_or_insert_with(|| e.to_string());
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// `--tasks`: one task per I/O slot, each awaiting [`Session::execute`] in turn, the way
+/// most library callers use the session.
+async fn task_worker(
+    s: Session,
+    load: Load,
+    w: u64,
+    pos: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    live: Option<Arc<AtomicU64>>,
+) -> Worker {
+    let mut rng = seeded_rng(w);
+    let mut wk = Worker::new();
+    // With --own-buffers: one read buffer per worker, reused.
+    let mut buf =
+        (load.own && !load.write).then(|| BytesMut::with_capacity(load.io_bytes() as usize));
+    // One clock read per I/O: each command's latency runs from the previous one's
+    // completion in this worker (which is when this one is built and sent) to its own,
+    // so it includes the worker's own few instructions between the two.
+    let mut t0 = mono_ns();
+    while !stop.load(Ordering::Relaxed) {
+        // A load and a store, not fetch_add: the workers share one thread (current-thread
+        // runtime). Were they ever on several, a race would repeat or skip an LBA, no
+        // worse.
+        let mut p = pos.load(Ordering::Relaxed);
+        let lba = load.lba(&mut rng, &mut p);
+        pos.store(p, Ordering::Relaxed);
+        let cdb = load.cdb(lba);
+        let r = if load.write {
+            s.execute(load.lun, cdb, load.payload.clone(), 0).await
+        } else if let Some(b) = buf.take() {
+            s.execute_into(load.lun, cdb, load.io_bytes(), b).await
+        } else {
+            s.execute_discard(load.lun, cdb, load.io_bytes()).await
+        };
+        let t1 = mono_ns();
+        let ns = t1.saturating_sub(t0);
+        t0 = t1;
+        buf = wk.finished(&load, r, ns, &stop).or(buf);
+        if let Some(live) = &live {
+            live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    wk
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, for the per-I/O latency. `Instant::now` plus
