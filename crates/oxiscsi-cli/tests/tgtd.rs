@@ -756,3 +756,58 @@ async fn completion_queue_current_thread() {
 async fn completion_queue_multi_thread() {
     completion_queue().await;
 }
+
+/// A completion queue sends what was submitted at `next` or `flush`, not at `submit`:
+/// after `flush`, a write lands at tgtd (seen through a second session) although nobody
+/// waits on the queue. The check ends well before the session's 1 s task timer, which
+/// would otherwise send it anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_flush_sends_without_waiting() {
+    use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+    use oxiscsi_initiator::proto::session::Command;
+    use oxiscsi_initiator::scsi::cdb::Cdb;
+    use std::time::{Duration, Instant};
+
+    let t = Tgtd::start();
+    t.target(1, IQN, &[4 << 20]);
+    let a = Session::connect(t.config(IQN)).await.unwrap();
+    let b = Session::connect(t.config(IQN)).await.unwrap();
+    a.read_capacity(1).await.unwrap();
+    b.read_capacity(1).await.unwrap();
+    let write = |lba: u64, d: &[u8]| {
+        let (c, n) = Cdb::Write16 {
+            lba,
+            blocks: 8,
+            fua: false,
+            dpo: false,
+        }
+        .to_array();
+        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
+            .with_data_out(Bytes::copy_from_slice(d))
+    };
+    let mut q = a.queue();
+    let mut done = Vec::new();
+    // A first command arms the session's task timer, so the next one wakes nothing.
+    q.submit(0, write(0, &seeded(1, 4096))).unwrap();
+    q.next(&mut done).await;
+    let data = seeded(2, 4096);
+    q.submit(1, write(8, &data)).unwrap();
+    q.flush();
+    let t0 = Instant::now();
+    loop {
+        if b.read(1, 8, 8).await.unwrap() == data {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "the flushed write did not reach the target"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(q.next(&mut done).await, 1);
+    assert_eq!(done[1].token, 1);
+    assert_eq!(done[1].result.as_ref().unwrap().status, ScsiStatus::GOOD);
+    drop(q);
+    a.logout().await.unwrap();
+    b.logout().await.unwrap();
+}

@@ -190,6 +190,28 @@ impl Shared {
         }
     }
 
+    /// As [`after_call`](Self::after_call), but what was queued for the wire stays
+    /// queued for [`flush_queued`](Self::flush_queued) (a completion queue's caller
+    /// sends its batch when it goes to wait) or the driver's next run.
+    pub(crate) fn after_call_deferred(&self, core: &mut Core) {
+        core.pump(&self.span);
+        if core.conn.is_closed() {
+            core.kick();
+        } else if let Some(at) = core.conn.poll_timeout() {
+            if core.armed.is_none_or(|armed| at < armed) {
+                core.kick();
+            }
+        }
+    }
+
+    /// Write what is queued now, without waiting (a full socket leaves the rest to the
+    /// driver).
+    pub(crate) fn flush_queued(&self, core: &mut Core) {
+        if !core.outq.is_empty() {
+            core.flush(&self.stream);
+        }
+    }
+
     /// The error callers get once the session has ended.
     pub(crate) fn closed_error(&self) -> Error {
         let why = self

