@@ -91,9 +91,9 @@ impl Queue {
 
     /// Send what was submitted, wait until at least one command has finished, then
     /// append every finished one to `out` and return how many; 0 at once when nothing
-    /// is in flight. A session that
-    /// ends fails each command in flight with [`Error::Closed`]. Cancellation-safe: a
-    /// dropped call loses nothing, the next one collects.
+    /// is in flight. A session that ends fails each command in flight with
+    /// [`Error::Closed`]. Cancellation-safe: a dropped call loses nothing, the next one
+    /// collects.
     pub async fn next(&mut self, out: &mut Vec<Completion>) -> usize {
         let shared = self.session.shared();
         let id = self.id;
