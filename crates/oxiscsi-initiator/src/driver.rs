@@ -173,18 +173,11 @@ impl Shared {
     /// runs after the other callers woken with this one and writes all of theirs in one
     /// `writev` (strace before batching: one writev per command).
     pub(crate) fn after_call(&self, core: &mut Core) {
-        core.pump(&self.span);
+        self.after_call_deferred(core);
         if !core.outq.is_empty() {
             if core.conn.in_flight() <= 1 {
                 core.flush(&self.stream);
             } else {
-                core.kick();
-            }
-        }
-        if core.conn.is_closed() {
-            core.kick();
-        } else if let Some(at) = core.conn.poll_timeout() {
-            if core.armed.is_none_or(|armed| at < armed) {
                 core.kick();
             }
         }
