@@ -709,9 +709,24 @@ async fn completion_queue() {
     for i in 0..8 {
         q.submit(i, cmd(i as usize, false)).unwrap();
     }
-    let e = q.submit(8, cmd(8, false)).unwrap_err();
-    assert!(matches!(e, Error::QueueFull { depth: 8 }), "{e}");
+    // The refused one is a write whose data only the command holds: it comes back whole.
+    let extra = seeded(92, 4096);
+    let (c, n) = Cdb::Write16 {
+        lba: 20000,
+        blocks: 8,
+        fua: false,
+        dpo: false,
+    }
+    .to_array();
+    let refused = Command::new(
+        Lun::from_number(1),
+        oxiscsi_initiator::proto::pdu::CdbBuf::from_array(c, n),
+    )
+    .with_data_out(Bytes::from(extra.clone()));
+    let e = q.submit(8, refused).unwrap_err();
+    assert!(matches!(e.error, Error::QueueFull { depth: 8 }), "{e}");
     assert!(e.to_string().contains("wait for a completion"), "{e}");
+    let refused = e.command.expect("a refused command is handed back");
     // A `next` dropped before anything finished loses nothing: the next one collects.
     let _ = tokio::time::timeout(Duration::from_micros(1), q.next(&mut done)).await;
     let mut got = done.len();
@@ -726,6 +741,12 @@ async fn completion_queue() {
         .result
         .as_ref()
         .is_ok_and(|r| r.status == ScsiStatus::GOOD)));
+    // Slots are free again: the handed-back write goes through and lands.
+    q.submit(8, refused).unwrap();
+    done.clear();
+    assert_eq!(q.next(&mut done).await, 1);
+    assert_eq!(done[0].result.as_ref().unwrap().status, ScsiStatus::GOOD);
+    assert_eq!(s.read(1, 20000, 8).await.unwrap(), extra);
 
     // A queue dropped with 8 in flight: its slots come back when tgtd answers, so 16
     // more commands (twice the depth) still get through, and the data is intact.

@@ -25,6 +25,7 @@ use oxiscsi_proto::Digest;
 use tokio::sync::Notify;
 
 use crate::error::Error;
+use crate::queue::Rejected;
 use crate::rx::Reader;
 use crate::sock::Socket;
 use crate::time::{OneShot, Timer};
@@ -414,25 +415,30 @@ impl Core {
     }
 
     /// Submit a SCSI command whose outcome goes to queue `q` with `token`. It takes a
-    /// queue slot at once or fails: a caller waiting in line for one goes first.
-    #[allow(clippy::result_large_err)] // the library's error, as Queue::submit returns it
+    /// queue slot at once or fails: a caller waiting in line for one goes first. A
+    /// refusal before the protocol core took the command hands it back.
+    #[allow(clippy::result_large_err)] // the command comes back by value (Queue::submit)
     pub(crate) fn queue_submit(
         &mut self,
         q: QueueId,
         token: u64,
         cmd: Command,
         now: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Rejected> {
+        let refused = |error, command| Rejected {
+            error,
+            command: Some(command),
+        };
         if let Some(why) = &self.closed {
-            return Err(Error::Closed(why.clone()));
+            return Err(refused(Error::Closed(why.clone()), cmd));
         }
         if self.active >= self.queue_depth || !self.slot_queue.is_empty() {
-            return Err(Error::QueueFull {
-                depth: self.queue_depth,
-            });
+            let depth = self.queue_depth;
+            return Err(refused(Error::QueueFull { depth }, cmd));
         }
         if self.queue_mut(q).is_none() {
-            return Err(Error::Closed("the completion queue was closed".into()));
+            let why = "the completion queue was closed".into();
+            return Err(refused(Error::Closed(why), cmd));
         }
         self.active += 1;
         match self.conn.submit(now, cmd) {
@@ -454,7 +460,10 @@ impl Core {
             }
             Err(e) => {
                 self.release_slot();
-                Err(Error::Task(e))
+                Err(Rejected {
+                    error: Error::Task(e),
+                    command: None,
+                })
             }
         }
     }

@@ -25,7 +25,7 @@ pub use error::Error;
 pub use limits::raise_fd_limit;
 pub use oxiscsi_proto as proto;
 pub use oxiscsi_scsi as scsi;
-pub use queue::{Completion, Queue};
+pub use queue::{Completion, Queue, Rejected};
 pub use session::{Pending, Session, SessionInfo};
 pub use url::{IscsiUrl, UrlError};
 

@@ -25,6 +25,34 @@ pub struct Completion {
     pub result: Result<ScsiResult, Error>,
 }
 
+/// A command a [`Queue`] did not take, and why. `command` is the caller's again (its
+/// write data, its read buffer): submit it once a completion has freed a slot. It is None
+/// only when the protocol core refused the command itself (its CDB or write data too
+/// large, or the session logging out), which `error` says.
+#[derive(Debug)]
+pub struct Rejected {
+    pub error: Error,
+    pub command: Option<Command>,
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl From<Rejected> for Error {
+    fn from(r: Rejected) -> Error {
+        r.error
+    }
+}
+
 /// Commands submitted without waiting, collected as they finish; from
 /// [`Session::queue`]. Dropping it leaves the session consistent: commands still in
 /// flight end at the target and their outcomes are dropped.
@@ -58,7 +86,8 @@ impl Queue {
     /// Queue `cmd` to be sent; its [`Completion`] carries `token` (any value: an index
     /// into the caller's own table, say). It takes one of the session's command slots at
     /// once, or fails with [`Error::QueueFull`] while all are in use (or others wait for
-    /// one), so keep at most the session's queue depth in flight.
+    /// one), so keep at most the session's queue depth in flight. A refused command comes
+    /// back in [`Rejected`], nothing of it lost.
     ///
     /// As with io_uring, submitting does not send: what was submitted leaves in one write
     /// when [`next`](Self::next) is called (the usual loop: submit, then wait) or at
@@ -67,9 +96,9 @@ impl Queue {
     /// from `submit` (a wake-up of the driver per batch), this measured 10-13 % fewer
     /// user-space instructions per I/O at 4K QD32 and 128K QD8, and a quarter fewer
     /// system calls at 4K QD32.
-    // The library's one error type, by value, as everywhere else (see scsi_outcome).
+    // The command handed back by value, as the library's errors are (see scsi_outcome).
     #[allow(clippy::result_large_err)]
-    pub fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Error> {
+    pub fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Rejected> {
         let shared = self.session.shared();
         let mut core = shared.lock();
         core.queue_submit(self.id, token, cmd, std::time::Instant::now())?;

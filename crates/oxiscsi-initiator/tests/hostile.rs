@@ -806,7 +806,8 @@ async fn queued_commands_fail_with_the_session() {
         assert!(e.to_string().contains("SCSI Data-In"), "{e}");
     }
     let e = q.submit(9, read()).unwrap_err();
-    assert!(matches!(e, Error::Closed(_)), "{e}");
+    assert!(matches!(e.error, Error::Closed(_)), "{e}");
+    assert!(e.command.is_some(), "a refused command is handed back");
     assert_eq!(q.next(&mut done).await, 0);
     fake.abort();
 }
