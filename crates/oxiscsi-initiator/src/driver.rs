@@ -927,9 +927,8 @@ fn finish(shared: &Shared, core: &mut Core) {
     core.closed = Some(reason.clone());
     let mut to_queues = Vec::new();
     for (_, w) in core.waiters.iter_mut() {
-        if let Some((q, token)) = w.to_queue {
-            to_queues.push((q, token));
-            w.listening = false;
+        if let Some(to) = w.to_queue {
+            to_queues.push(to);
         } else if w.outcome.is_none() {
             // The caller's future maps a SCSI-shaped error onto whatever it waits for.
             w.outcome = Some(Outcome::Scsi(Err(Box::new(Error::Closed(reason.clone())))));
@@ -938,7 +937,9 @@ fn finish(shared: &Shared, core: &mut Core) {
             }
         }
     }
-    core.waiters.retain(|_, w| w.listening);
+    // Kept: futures still to collect their outcome. Queued commands get theirs below.
+    core.waiters
+        .retain(|_, w| w.listening && w.to_queue.is_none());
     for (q, token) in to_queues {
         let err = Error::Closed(reason.clone());
         if let Some(st) = core.queue_mut(q) {
