@@ -50,7 +50,7 @@ def run_child(cmd):
     return p.stdout, cpu, csw
 
 
-def ox_cmd(url, blocks, qd, rnd, secs, write=False, own=False, tasks=False):
+def ox_cmd(url, blocks, qd, rnd, secs, write=False, own=False, api=None):
     c = ["taskset", "-c", INI_CPU, OX, "perf", "--json", "-b", str(blocks), "-m", str(qd), "-t", str(secs)]
     if rnd:
         c.append("-r")
@@ -58,8 +58,8 @@ def ox_cmd(url, blocks, qd, rnd, secs, write=False, own=False, tasks=False):
         c.append("--write")
     if own:
         c.append("--own-buffers")
-    if tasks:
-        c.append("--tasks")
+    if api:
+        c += ["--api", api]
     return c + [url]
 
 
@@ -70,8 +70,8 @@ def lib_cmd(url, blocks, qd, rnd, secs):
     return c + [url]
 
 
-def run_ox(url, blocks, qd, rnd, secs, write=False, own=False, tasks=False):
-    out, cpu, csw = run_child(ox_cmd(url, blocks, qd, rnd, secs, write, own, tasks))
+def run_ox(url, blocks, qd, rnd, secs, write=False, own=False, api=None):
+    out, cpu, csw = run_child(ox_cmd(url, blocks, qd, rnd, secs, write, own, api))
     j = json.loads(out.strip().splitlines()[-1])
     return {"iops": j["iops"], "mibs": j["mib_per_s"], "cpu_us": cpu * 1e6 / max(j["ios"], 1),
             "cs_io": csw / max(j["ios"], 1), "cores": cpu / j["seconds"],
@@ -160,10 +160,11 @@ def main():
         for name, blocks, qd, rnd in ROWS:
             if not wanted(a.only, name):
                 continue
-            runs = {"ox": [], "lib": [], "own": [], "tasks": []}
-            # "tasks": the same load issued by one task per slot awaiting Session::execute
-            # (oxiscsi perf --tasks) instead of through the completion queue.
-            fns = [("ox", run_ox), ("lib", run_lib), ("tasks", lambda *x: run_ox(*x, tasks=True))]
+            runs = {"ox": [], "lib": [], "own": [], "queue": []}
+            # "queue": the same load issued from one task through the completion queue
+            # beside the session's driver task (oxiscsi perf --api queue) instead of from
+            # a thread driving its own session (the default, --api poller).
+            fns = [("ox", run_ox), ("lib", run_lib), ("queue", lambda *x: run_ox(*x, api="queue"))]
             if name in OWN_ROWS:
                 fns.append(("own", lambda *x: run_ox(*x, own=True)))
             for i in range(a.rounds):
@@ -175,16 +176,16 @@ def main():
             if insn:
                 print(f"  instructions per I/O, user / kernel: oxiscsi {insn['ox'][0]:.0f} / {insn['ox'][1]:.0f}, "
                       f"iscsi-perf {insn['lib'][0]:.0f} / {insn['lib'][1]:.0f}", flush=True)
-            results.append((name, ox, lib, insn, runs["tasks"]))
+            results.append((name, ox, lib, insn, runs["queue"]))
             if runs["own"]:
                 owns.append((name, runs["own"], ox))
-            for who in ("ox", "lib", "own", "tasks"):
+            for who in ("ox", "lib", "own", "queue"):
                 if runs[who]:
                     print(f"  {who} rounds (cpu us/IO, context switches/IO): "
                           + ", ".join(f"{r['cpu_us']:.1f} {r['cs_io']:.2f}" for r in runs[who]), flush=True)
             print(f"{name}: oxiscsi {med(ox, 'iops'):.0f} IOPS {med(ox, 'cpu_us'):.1f} us/IO | "
                   f"iscsi-perf {med(lib, 'iops'):.0f} IOPS {med(lib, 'cpu_us'):.1f} us/IO"
-                  + f" | --tasks {med(runs['tasks'], 'cpu_us'):.1f} us/IO"
+                  + f" | --api queue {med(runs['queue'], 'cpu_us'):.1f} us/IO"
                   + (f" | own buffers {med(runs['own'], 'cpu_us'):.1f} us/IO" if runs["own"] else ""), flush=True)
         writes = []
         for name, blocks, qd, rnd in WRITE_ROWS:
@@ -241,7 +242,7 @@ def render(results, owns, writes, a, ipf):
         "are printed by the script."
         + (f" Loopback TCP ceiling (iperf3, same pinning): {ipf:.0f} MiB/s." if ipf else ""),
         "",
-        "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO (best) | iscsi-perf CPU µs/IO (best) | CPU ratio, best rounds | oxiscsi p50 / p99 µs | `--tasks` IOPS | `--tasks` CPU µs/IO (best) | `--tasks` CPU ratio, best |",
+        "| row | oxiscsi IOPS | iscsi-perf IOPS | ratio | oxiscsi MiB/s | iscsi-perf MiB/s | oxiscsi CPU µs/IO (best) | iscsi-perf CPU µs/IO (best) | CPU ratio, best rounds | oxiscsi p50 / p99 µs | `--api queue` IOPS | `--api queue` CPU µs/IO (best) | `--api queue` CPU ratio, best |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, ox, lib, _, tk in results:
@@ -263,10 +264,11 @@ def render(results, owns, writes, a, ipf):
         for name, insn in counted:
             (ou, ok), (lu, lk) = insn["ox"], insn["lib"]
             lines.append(f"| {name} | {ou:.0f} | {lu:.0f} | {ok:.0f} | {lk:.0f} | {(ou + ok) / max(lu + lk, 1):.2f} |")
-    lines += ["", "`oxiscsi perf` keeps its `-m` commands in flight from one task through the completion queue "
-              "(`Session::queue`), as iscsi-perf does from one event loop through libiscsi's callbacks. The "
-              "`--tasks` columns run the same load, in the same rounds, from one task per slot awaiting "
-              "`Session::execute`: what most library callers write."]
+    lines += ["", "`oxiscsi perf` keeps its `-m` commands in flight from one thread that drives its own session "
+              "(`Poller`: submit, then `service` writes, reads the socket, runs the timers and hands back what "
+              "finished), as iscsi-perf does from libiscsi's event loop. The `--api queue` columns run the same "
+              "load, in the same rounds, from one task through the completion queue (`Session::queue`) beside "
+              "the session's driver task: what a tokio program that keeps many commands in flight uses."]
     lines += ["", "Both tools drop what they read: iscsi-perf lands every read in one shared buffer, "
               "`oxiscsi perf` checks each read's data (order, length, digests) and drops it "
               "(`Session::execute_discard`, large payloads all placed in one scratch buffer). Reads kept in a "

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use oxiscsi_initiator::proto::login::{ChapAlgorithm, ChapConfig, ChapCredentials};
-use oxiscsi_initiator::{DigestChoice, Error, IscsiUrl, Session, SessionConfig};
+use oxiscsi_initiator::{DigestChoice, Error, IscsiUrl, Poller, Session, SessionConfig};
 
 pub const EXIT_IO: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -183,6 +183,27 @@ pub async fn open_with(
     opts: &CommonOpts,
     tweak: impl FnOnce(&mut SessionConfig),
 ) -> CliResult<(Session, u16, IscsiUrl)> {
+    let (cfg, lun, url) = lun_config(url_s, opts, tweak)?;
+    let session = Session::connect(cfg).await?;
+    Ok((session, lun, url))
+}
+
+/// As [`open_with`], a session driven by its caller's thread.
+pub async fn open_poller(
+    url_s: &str,
+    opts: &CommonOpts,
+    tweak: impl FnOnce(&mut SessionConfig),
+) -> CliResult<Poller> {
+    let (cfg, _, _) = lun_config(url_s, opts, tweak)?;
+    Ok(Poller::connect(cfg).await?)
+}
+
+/// The session configuration for a URL that must name a target and a LUN.
+fn lun_config(
+    url_s: &str,
+    opts: &CommonOpts,
+    tweak: impl FnOnce(&mut SessionConfig),
+) -> CliResult<(SessionConfig, u16, IscsiUrl)> {
     let url = parse_url(url_s)?;
     if url.target.is_none() {
         return Err(CliError::Usage(format!(
@@ -198,8 +219,7 @@ pub async fn open_with(
     })?;
     let mut cfg = session_config(&url, opts, None)?;
     tweak(&mut cfg);
-    let session = Session::connect(cfg).await?;
-    Ok((session, lun, url))
+    Ok((cfg, lun, url))
 }
 
 /// Human size: 256M, 1.5G, as iscsi-ls prints it.

@@ -205,15 +205,18 @@ fn ls_inq_readcap_json_and_text() {
 fn perf_json_fields() {
     let t = Tgtd::start();
     t.target(1, IQN, &[16 << 20]);
-    // Both ways of issuing (a completion queue from one task; a task per slot), reads
-    // dropped and kept, writes.
+    // Each way of issuing (a poller thread, the default; a completion queue from one
+    // task; a task per slot), with reads dropped and kept, and writes.
     for extra in [
         &["-r"][..],
         &["--write"][..],
         &["--own-buffers"][..],
-        &["-r", "--tasks"][..],
-        &["--write", "--tasks"][..],
-        &["--own-buffers", "--tasks"][..],
+        &["-r", "--api", "queue"][..],
+        &["--write", "--api", "queue"][..],
+        &["--own-buffers", "--api", "queue"][..],
+        &["-r", "--api", "tasks"][..],
+        &["--write", "--api", "tasks"][..],
+        &["--own-buffers", "--api", "tasks"][..],
     ] {
         let mut args = vec!["perf", "--json", "-t", "1", "-m", "4", "-b", "8"];
         args.extend_from_slice(extra);
@@ -231,10 +234,9 @@ fn perf_json_fields() {
         ] {
             assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k} in {v}");
         }
-        let api = if extra.contains(&"--tasks") {
-            "tasks"
-        } else {
-            "queue"
+        let api = match extra.iter().position(|a| *a == "--api") {
+            Some(i) => extra[i + 1],
+            None => "poller",
         };
         assert_eq!(v["api"], api, "{v}");
         assert_eq!(v["errors"], 0, "{v}");

@@ -618,6 +618,52 @@ async fn abort_task_against_tgtd() {
     s.logout().await.unwrap();
 }
 
+/// Extents of 1 to 256 blocks, back to back over the first 16384 blocks (8 MiB).
+fn mixed_extents() -> Vec<(u64, u32)> {
+    let mut extents = Vec::new();
+    let (mut lba, mut x) = (0u64, 5u64);
+    while lba < 16384 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let blocks = (1 + (x >> 33) % 256).min(16384 - lba);
+        extents.push((lba, blocks as u32));
+        lba += blocks;
+    }
+    extents
+}
+
+/// A WRITE(16) of `data`'s blocks of the extent to LUN 1, or a READ(16) of them.
+fn extent_cmd(
+    data: &[u8],
+    (lba, blocks): (u64, u32),
+    write: bool,
+) -> oxiscsi_initiator::proto::session::Command {
+    use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+    use oxiscsi_initiator::proto::session::Command;
+    use oxiscsi_initiator::scsi::cdb::Cdb;
+    let (fua, dpo) = (false, false);
+    let bytes = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
+    if write {
+        let (c, n) = Cdb::Write16 {
+            lba,
+            blocks,
+            fua,
+            dpo,
+        }
+        .to_array();
+        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
+            .with_data_out(Bytes::copy_from_slice(bytes))
+    } else {
+        let (c, n) = Cdb::Read16 {
+            lba,
+            blocks,
+            fua,
+            dpo,
+        }
+        .to_array();
+        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n)).with_read(blocks * 512)
+    }
+}
+
 /// The completion queue (Session::queue) against tgtd, on both runtime flavours: writes
 /// and reads of mixed sizes kept in flight from one task, checked bit for bit by token;
 /// the slot limit; a dropped `next` loses nothing; a dropped queue frees its slots.
@@ -635,47 +681,8 @@ async fn completion_queue() {
     // The queue hands back any status: take tgtd's UNIT ATTENTION after login first.
     assert_eq!(s.read_capacity(1).await.unwrap().blocks(), 32768);
     let data = seeded(91, 8 << 20);
-    // Extents of 1 to 256 blocks, back to back.
-    let mut extents = Vec::new();
-    let (mut lba, mut x) = (0u64, 5u64);
-    while lba < 16384 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let blocks = (1 + (x >> 33) % 256).min(16384 - lba);
-        extents.push((lba, blocks as u32));
-        lba += blocks;
-    }
-    let cmd = |i: usize, write: bool| {
-        let (lba, blocks) = extents[i];
-        let (fua, dpo) = (false, false);
-        let bytes = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
-        if write {
-            let (c, n) = Cdb::Write16 {
-                lba,
-                blocks,
-                fua,
-                dpo,
-            }
-            .to_array();
-            Command::new(
-                Lun::from_number(1),
-                oxiscsi_initiator::proto::pdu::CdbBuf::from_array(c, n),
-            )
-            .with_data_out(Bytes::copy_from_slice(bytes))
-        } else {
-            let (c, n) = Cdb::Read16 {
-                lba,
-                blocks,
-                fua,
-                dpo,
-            }
-            .to_array();
-            Command::new(
-                Lun::from_number(1),
-                oxiscsi_initiator::proto::pdu::CdbBuf::from_array(c, n),
-            )
-            .with_read(blocks * 512)
-        }
-    };
+    let extents = mixed_extents();
+    let cmd = |i: usize, write: bool| extent_cmd(&data, extents[i], write);
     let mut q = s.queue();
     let mut done = Vec::new();
     assert_eq!(q.next(&mut done).await, 0, "nothing in flight: no wait");
@@ -831,4 +838,139 @@ async fn queue_flush_sends_without_waiting() {
     drop(q);
     a.logout().await.unwrap();
     b.logout().await.unwrap();
+}
+
+/// The caller-driven session (Poller) against tgtd, from a thread with no runtime
+/// (connect_blocking): tgtd's UNIT ATTENTION through `execute`; 8 MiB written and read
+/// back in extents of 1-256 blocks, checked by token; QueueFull handing the command
+/// back; `execute` while others are in flight; idle `service` answering its own timer
+/// (NOP-Out pings every 200 ms, each answered); a clean logout.
+#[test]
+fn poller_against_tgtd() {
+    use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+    use oxiscsi_initiator::proto::session::Command;
+    use oxiscsi_initiator::scsi::cdb::Cdb;
+    use oxiscsi_initiator::Poller;
+    use std::time::{Duration, Instant};
+
+    let t = Tgtd::start();
+    t.target(1, IQN, &[16 << 20]);
+    let mut cfg = t.config(IQN);
+    cfg.connection.queue_depth = 8;
+    cfg.connection.nop_interval = Some(Duration::from_millis(200));
+    let mut p = Poller::connect_blocking(cfg).unwrap();
+    let tur = || {
+        let (c, n) = Cdb::TestUnitReady.to_array();
+        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
+    };
+    // Any status comes back as it is: tgtd reports UNIT ATTENTION once after login.
+    let first = p.execute(tur()).unwrap().status;
+    if first != ScsiStatus::GOOD {
+        assert_eq!(first, ScsiStatus::CHECK_CONDITION);
+        assert_eq!(p.execute(tur()).unwrap().status, ScsiStatus::GOOD);
+    }
+
+    let data = seeded(93, 8 << 20);
+    let extents = mixed_extents();
+    let mut done = Vec::new();
+    assert_eq!(p.service(&mut done, None).unwrap(), 0, "nothing in flight");
+    for write in [true, false] {
+        let (mut next, mut finished) = (0, 0);
+        while finished < extents.len() {
+            while next < extents.len() && p.in_flight() < 8 {
+                p.submit(next as u64, extent_cmd(&data, extents[next], write))
+                    .unwrap();
+                next += 1;
+            }
+            let n = p.service(&mut done, Some(Duration::from_secs(10))).unwrap();
+            assert!(n > 0 && n == done.len(), "completions come");
+            for c in done.drain(..) {
+                let r = c.result.unwrap();
+                assert_eq!(r.status, ScsiStatus::GOOD);
+                if !write {
+                    let (lba, blocks) = extents[c.token as usize];
+                    let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
+                    assert!(r.data[..] == *want, "extent {} read back differs", c.token);
+                }
+                finished += 1;
+            }
+        }
+    }
+
+    // All 8 slots taken: a write whose data only the command holds is refused and
+    // handed back whole, then goes through once a slot is free.
+    for i in 0..8 {
+        p.submit(i, extent_cmd(&data, extents[i as usize], false))
+            .unwrap();
+    }
+    let extra = seeded(94, 4096);
+    let (c, n) = Cdb::Write16 {
+        lba: 20000,
+        blocks: 8,
+        fua: false,
+        dpo: false,
+    }
+    .to_array();
+    let write = Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
+        .with_data_out(Bytes::from(extra.clone()));
+    let e = p.submit(8, write).unwrap_err();
+    assert!(matches!(e.error, Error::QueueFull { depth: 8 }), "{e}");
+    assert!(e.to_string().contains("Poller::service"), "{e}");
+    let refused = e.command.expect("a refused command is handed back");
+    let mut got = 0;
+    while p.in_flight() > 0 {
+        got += p.service(&mut done, Some(Duration::from_secs(10))).unwrap();
+    }
+    assert_eq!(got, 8);
+    p.submit(8, refused).unwrap();
+    done.clear();
+    assert_eq!(
+        p.service(&mut done, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
+    assert_eq!(done[0].result.as_ref().unwrap().status, ScsiStatus::GOOD);
+
+    // `execute` with four reads in flight: it returns its own outcome; theirs wait for
+    // the next `service`.
+    for i in 0..4 {
+        p.submit(i, extent_cmd(&data, extents[i as usize], false))
+            .unwrap();
+    }
+    let (c, n) = Cdb::Read16 {
+        lba: 20000,
+        blocks: 8,
+        fua: false,
+        dpo: false,
+    }
+    .to_array();
+    let r = p
+        .execute(Command::new(Lun::from_number(1), CdbBuf::from_array(c, n)).with_read(4096))
+        .unwrap();
+    assert_eq!(r.data[..], extra[..], "the handed-back write landed");
+    done.clear();
+    while p.in_flight() > 0 {
+        p.service(&mut done, Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+    tokens.sort();
+    assert_eq!(tokens, [0, 1, 2, 3]);
+
+    // Idle: `service` with a timeout runs the session's timer meanwhile.
+    let before = p.stats();
+    let t0 = Instant::now();
+    assert_eq!(
+        p.service(&mut done, Some(Duration::from_millis(700)))
+            .unwrap(),
+        0
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let after = p.stats();
+    assert!(after.nop_out_pdus >= before.nop_out_pdus + 2, "{after:?}");
+    assert!(after.nop_in_pdus >= before.nop_in_pdus + 2, "{after:?}");
+    assert_eq!(after.timeout_errors, 0);
+    p.logout().unwrap();
 }

@@ -10,34 +10,28 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::IoSlice;
 use std::ops::Deref;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use oxiscsi_proto::pdu::{Framer, TmfResponse, HEADER_INLINE};
+use bytes::{BufMut, BytesMut};
+use oxiscsi_proto::pdu::{Framer, TmfResponse};
 use oxiscsi_proto::session::tags::TagTable;
 use oxiscsi_proto::session::{Command, Event, InitiatorConnection, ScsiResult, TaskError, TaskId};
-use oxiscsi_proto::Digest;
 use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::queue::Rejected;
 use crate::rx::Reader;
-use crate::sock::Socket;
+use crate::sock::{set_lowat, Socket};
 use crate::time::{OneShot, Timer};
+use crate::tx::TxQueue;
 
-/// Most buffers handed to one `writev`.
-const MAX_IOV: usize = 64;
-/// A short queue: one command's chunks (header, payload, padding/digest) fit.
-const FEW_IOV: usize = 4;
 /// Reads per driver wake-up before it lets the callers it woke run.
 const MORE_READS: usize = 16;
-/// A payload with at least this much still to come is waited for whole (`SO_RCVLOWAT`).
-const LOWAT_FROM: usize = 64 * 1024;
 
 /// What a finished exchange hands its caller. Errors are boxed: an outcome is moved
 /// several times per command (into its waiter, out of it, up through the futures), and
@@ -94,10 +88,8 @@ impl QueueState {
 /// Everything callers and the driver share, behind [`Shared::core`].
 pub(crate) struct Core {
     pub conn: InitiatorConnection,
-    hd: Digest,
-    dd: Digest,
-    /// Encoded PDUs not yet written, in wire order.
-    outq: VecDeque<Chunk>,
+    /// Encoded PDUs not yet written.
+    outq: TxQueue,
     waiters: TagTable<Waiter>,
     /// Commands holding a queue slot, and how many may (like open-iscsi's cmds_max).
     active: usize,
@@ -136,13 +128,11 @@ impl Shared {
         span: tracing::Span,
         portal: String,
     ) -> Arc<Shared> {
-        let (hd, dd) = conn.tx_digests();
+        let outq = TxQueue::new(conn.tx_digests());
         Arc::new(Shared {
             core: Mutex::new(Core {
                 conn,
-                hd,
-                dd,
-                outq: VecDeque::new(),
+                outq,
                 waiters: TagTable::default(),
                 active: 0,
                 queue_depth: queue_depth.max(1),
@@ -249,55 +239,20 @@ impl Core {
     /// Move the core's output to the write queue and its events to their callers.
     fn pump(&mut self, span: &tracing::Span) {
         while let Some(pdu) = self.conn.poll_transmit() {
-            let mut head = [0u8; HEADER_INLINE];
-            self.outq
-                .push_back(match Framer::encode_header(&pdu, self.hd, &mut head) {
-                    Ok(len) => Chunk::inline(head, len),
-                    Err(long) => Chunk::Bytes(long),
-                });
-            let data = pdu.data();
-            if !data.is_empty() {
-                let (tail, tail_len) = Framer::encode_tail(&data, self.dd);
-                self.outq.push_back(Chunk::Bytes(data));
-                if tail_len > 0 {
-                    let mut t = [0u8; HEADER_INLINE];
-                    t[..tail_len].copy_from_slice(&tail[..tail_len]);
-                    self.outq.push_back(Chunk::inline(t, tail_len));
-                }
-            }
+            self.outq.push(&pdu);
         }
         while let Some(ev) = self.conn.poll_event() {
-            match ev {
-                Event::Completed { id, result } => {
-                    self.complete(id, Outcome::Scsi(result.map_err(task_error)))
+            match route(ev, span, &self.portal) {
+                Routed::Done(id, outcome) => self.complete(id, outcome),
+                Routed::Ends(why) => {
+                    if why == LOGGED_OUT {
+                        self.logged_out = true;
+                        self.failure.get_or_insert(why);
+                    } else {
+                        self.failure = Some(why);
+                    }
                 }
-                Event::TmfCompleted { id, response } => {
-                    self.complete(id, Outcome::Tmf(Ok(response)))
-                }
-                Event::TextCompleted { id, result } => {
-                    self.complete(id, Outcome::Text(result.map_err(task_error)))
-                }
-                Event::Async {
-                    event, lun, sense, ..
-                } => span.in_scope(|| {
-                    tracing::info!(%event, ?lun, sense_len = sense.len(), "asynchronous event from target")
-                }),
-                Event::LogoutRequested { within } => span.in_scope(|| {
-                    tracing::warn!(?within, "target requested logout; draining and logging out")
-                }),
-                Event::LoggedOut {
-                    response,
-                    time2wait,
-                    ..
-                } => {
-                    span.in_scope(|| tracing::info!(%response, time2wait, "logged out"));
-                    self.logged_out = true;
-                    self.failure.get_or_insert_with(|| "logged out".to_string());
-                }
-                Event::Failed(e) => {
-                    span.in_scope(|| tracing::warn!(error = %e, "connection failed"));
-                    self.failure = Some(format!("connection to {} failed: {e}", self.portal));
-                }
+                Routed::Logged => {}
             }
         }
     }
@@ -336,25 +291,15 @@ impl Core {
     /// Write what is queued without waiting. A full socket leaves the rest for the
     /// driver, which waits until it is writable.
     fn flush(&mut self, stream: &Socket) {
-        while !self.outq.is_empty() {
-            // A command alone is one to three chunks: filling 64 slots for it cost more
-            // than the rest of the write path's user-space work.
-            let written = if self.outq.len() <= FEW_IOV {
-                write_queue::<FEW_IOV>(stream, &self.outq)
-            } else {
-                write_queue::<MAX_IOV>(stream, &self.outq)
-            };
-            match written {
-                Ok(0) => {
-                    self.conn.handle_closed("the socket accepted no bytes");
-                    return self.kick();
-                }
-                Ok(n) => advance(&mut self.outq, n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return self.kick(),
-                Err(e) => {
-                    self.conn.handle_closed(&format!("write error: {e}"));
-                    return self.kick();
-                }
+        match self
+            .outq
+            .write_with(|slices| stream.try_write_vectored(slices))
+        {
+            Ok(true) => {}
+            Ok(false) => self.kick(),
+            Err(why) => {
+                self.conn.handle_closed(&why);
+                self.kick();
             }
         }
     }
@@ -509,71 +454,60 @@ impl Core {
     }
 }
 
-/// One `writev` of the first `N` (or fewer) chunks of the queue, without waiting.
-fn write_queue<const N: usize>(stream: &Socket, outq: &VecDeque<Chunk>) -> std::io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); N];
-    let n = outq.len().min(N);
-    for (s, b) in slices.iter_mut().zip(outq.iter()) {
-        *s = IoSlice::new(b.as_slice());
+/// What a driver does with one of the core's events.
+pub(crate) enum Routed {
+    /// An exchange finished: its outcome goes to whoever waits for it.
+    Done(TaskId, Outcome),
+    /// The session ends, for this reason ([`LOGGED_OUT`] after a clean logout).
+    Ends(String),
+    /// Logged (on `span`), nothing else to do.
+    Logged,
+}
+
+/// Why a session ended after a clean logout.
+pub(crate) const LOGGED_OUT: &str = "logged out";
+
+/// Sort one of the core's events for a driver (both drivers decide the same way).
+pub(crate) fn route(ev: Event, span: &tracing::Span, portal: &str) -> Routed {
+    match ev {
+        Event::Completed { id, result } => {
+            Routed::Done(id, Outcome::Scsi(result.map_err(task_error)))
+        }
+        Event::TmfCompleted { id, response } => Routed::Done(id, Outcome::Tmf(Ok(response))),
+        Event::TextCompleted { id, result } => {
+            Routed::Done(id, Outcome::Text(result.map_err(task_error)))
+        }
+        Event::Async {
+            event, lun, sense, ..
+        } => {
+            span.in_scope(|| {
+                tracing::info!(%event, ?lun, sense_len = sense.len(), "asynchronous event from target")
+            });
+            Routed::Logged
+        }
+        Event::LogoutRequested { within } => {
+            span.in_scope(|| {
+                tracing::warn!(?within, "target requested logout; draining and logging out")
+            });
+            Routed::Logged
+        }
+        Event::LoggedOut {
+            response,
+            time2wait,
+            ..
+        } => {
+            span.in_scope(|| tracing::info!(%response, time2wait, "logged out"));
+            Routed::Ends(LOGGED_OUT.to_string())
+        }
+        Event::Failed(e) => {
+            span.in_scope(|| tracing::warn!(error = %e, "connection failed"));
+            Routed::Ends(format!("connection to {portal} failed: {e}"))
+        }
     }
-    stream.try_write_vectored(&slices[..n])
 }
 
 fn task_error(e: TaskError) -> Box<Error> {
     Box::new(Error::Task(e))
-}
-
-/// One piece of the write queue: a header or padding/digest kept inline (no allocation
-/// per PDU), or a payload shared with its command.
-enum Chunk {
-    Inline {
-        buf: [u8; HEADER_INLINE],
-        start: u8,
-        end: u8,
-    },
-    Bytes(Bytes),
-}
-
-impl Chunk {
-    fn inline(buf: [u8; HEADER_INLINE], len: usize) -> Chunk {
-        Chunk::Inline {
-            buf,
-            start: 0,
-            end: len.min(HEADER_INLINE) as u8,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Chunk::Inline { buf, start, end } => &buf[usize::from(*start)..usize::from(*end)],
-            Chunk::Bytes(b) => b,
-        }
-    }
-
-    fn advance(&mut self, n: usize) {
-        match self {
-            Chunk::Inline { start, end, .. } => {
-                *start = (usize::from(*start) + n).min(usize::from(*end)) as u8
-            }
-            Chunk::Bytes(b) => b.advance(n.min(b.len())),
-        }
-    }
-}
-
-fn advance(outq: &mut VecDeque<Chunk>, mut n: usize) {
-    while n > 0 {
-        let Some(front) = outq.front_mut() else {
-            return;
-        };
-        let len = front.as_slice().len();
-        if len <= n {
-            n -= len;
-            outq.pop_front();
-        } else {
-            front.advance(n);
-            n = 0;
-        }
-    }
 }
 
 /// Read what the socket holds (bounded), feeding the core after each read. The lock
@@ -615,7 +549,7 @@ fn read<'a>(
                 // with EAGAIN, and wait for the next edge now (bytes that arrive later
                 // raise one, which wakes the reader).
                 stream.clear_read_ready();
-                set_lowat(stream, lowat, 0);
+                set_lowat(stream.as_raw_fd(), lowat, 0);
                 match stream.poll_read_ready(cx) {
                     Poll::Pending => return false,
                     Poll::Ready(Ok(())) => continue,
@@ -623,7 +557,7 @@ fn read<'a>(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                set_lowat(stream, lowat, reader.frame_remaining());
+                set_lowat(stream.as_raw_fd(), lowat, reader.frame_remaining());
                 match stream.poll_read_ready(cx) {
                     Poll::Pending => return false,
                     Poll::Ready(Ok(())) => continue,
@@ -639,42 +573,6 @@ fn read<'a>(
         return false;
     }
     true
-}
-
-/// Before waiting for the socket: when a large payload is half read, ask the kernel to
-/// wake us once the rest of it is there (`SO_RCVLOWAT`; the kernel caps it at half of
-/// tcp_rmem's maximum and grows the receive buffer to fit) instead of at every segment
-/// that arrives. A 1 MiB Data-In otherwise cost ~12 wake-ups (epoll_wait, a context
-/// switch and a read each; libiscsi pays the same), with it ~5. The mark never exceeds
-/// what the current frame still owes, and goes back to 1 byte below [`LOWAT_FROM`] and
-/// between frames, so nothing that must arrive is waited past (a closed connection wakes
-/// the reader whatever the mark). Setting it also wakes us at once if the bytes are
-/// already queued (tcp_set_rcvlowat), so no edge is lost. `current` tracks the kernel's
-/// value: a refused call leaves both unchanged.
-fn set_lowat(stream: &Socket, current: &mut usize, remaining: usize) {
-    let want = if remaining >= LOWAT_FROM {
-        remaining.min(i32::MAX as usize)
-    } else {
-        1
-    };
-    if want == *current {
-        return;
-    }
-    let val = want as libc::c_int;
-    // SAFETY: setsockopt on the socket's own open descriptor with a pointer to a c_int
-    // that outlives the call and its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(stream),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&val as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        *current = want;
-    }
 }
 
 /// Takes a queue slot (first come, first served) and submits one SCSI command; resolves
@@ -855,7 +753,7 @@ pub(crate) async fn call(
 /// early wake-up instead of a timerfd_settime per PDU, and a deadline that went away
 /// leaves a stale one to fire once for nothing. The core handles a timeout that finds
 /// nothing due as a no-op.
-fn needs_rearm(deadline: Option<Instant>, armed: Option<Instant>) -> bool {
+pub(crate) fn needs_rearm(deadline: Option<Instant>, armed: Option<Instant>) -> bool {
     match (deadline, armed) {
         (Some(d), Some(a)) => d < a,
         (Some(_), None) => true,
@@ -876,7 +774,7 @@ pub(crate) struct Driver {
     /// it after every caller woken before it.
     yield_before_flush: bool,
     yielded: bool,
-    /// The socket's `SO_RCVLOWAT` as last set (see [`set_lowat`]).
+    /// The socket's `SO_RCVLOWAT` as last set (see [`crate::sock::set_lowat`]).
     lowat: usize,
     /// On a current-thread runtime the I/O driver only runs while this thread parks, so
     /// readiness cannot change between a short read and clearing it (on a multi-thread
@@ -1038,16 +936,6 @@ impl Future for Driver {
 mod tests {
     use super::*;
 
-    fn inline(b: &[u8]) -> Chunk {
-        let mut buf = [0u8; HEADER_INLINE];
-        buf[..b.len()].copy_from_slice(b);
-        Chunk::inline(buf, b.len())
-    }
-
-    fn wire(q: &VecDeque<Chunk>) -> Vec<u8> {
-        q.iter().flat_map(|c| c.as_slice().to_vec()).collect()
-    }
-
     #[test]
     fn timer_is_set_again_only_for_an_earlier_deadline() {
         use std::time::Duration;
@@ -1065,30 +953,5 @@ mod tests {
             "gone: the stale one fires once"
         );
         assert!(!needs_rearm(None, None));
-    }
-
-    #[test]
-    fn partial_writes_resume_inside_inline_and_shared_chunks() {
-        // A header, a payload and a digest, written in pieces of every size: what is left
-        // is always the tail of the same byte stream.
-        let head: Vec<u8> = (0..48).collect();
-        let data: Vec<u8> = (100..=255).collect();
-        let tail = [9u8, 8, 7, 6];
-        let all: Vec<u8> = [&head[..], &data[..], &tail[..]].concat();
-        for step in 1..=all.len() {
-            let mut q = VecDeque::from([
-                inline(&head),
-                Chunk::Bytes(Bytes::from(data.clone())),
-                inline(&tail),
-            ]);
-            let mut written = 0;
-            while !q.is_empty() {
-                let n = step.min(all.len() - written);
-                advance(&mut q, n);
-                written += n;
-                assert_eq!(wire(&q), &all[written..], "step {step}, written {written}");
-            }
-            assert_eq!(written, all.len());
-        }
     }
 }

@@ -50,8 +50,8 @@ pub enum Error {
         status: ScsiStatus,
         sense: Option<Sense>,
     },
-    /// A [`crate::Queue`] submission found every command slot of the session in use.
-    #[error("all {depth} command slots of the session are in use: wait for a completion (Queue::next) before submitting more, or raise the session's queue depth")]
+    /// A [`crate::Queue`] or [`crate::Poller`] submission found every command slot of the session in use.
+    #[error("all {depth} command slots of the session are in use: wait for a completion (Queue::next, Poller::service) before submitting more, or raise the session's queue depth")]
     QueueFull { depth: usize },
     #[error("session closed: {0}")]
     Closed(String),

@@ -4,19 +4,22 @@
 //! owns the socket and the sans-IO [`oxiscsi_proto::session::InitiatorConnection`]. The
 //! [`Session`] handle is cheap to clone; many commands may be in flight at once up to
 //! the queue depth and the target's command window. [`discover`] runs a SendTargets
-//! discovery session.
+//! discovery session. [`Poller`] is the same session driven by the thread that owns
+//! it, without a task or a runtime after login (libiscsi's event-loop shape).
 
 mod config;
 mod discovery;
 mod driver;
 mod error;
 mod limits;
+mod poller;
 mod queue;
 mod rx;
 mod session;
 mod sock;
 pub mod time;
 mod transport;
+mod tx;
 mod url;
 
 pub use config::{default_initiator_name, DigestChoice, SessionConfig, SourceBind};
@@ -25,6 +28,7 @@ pub use error::Error;
 pub use limits::raise_fd_limit;
 pub use oxiscsi_proto as proto;
 pub use oxiscsi_scsi as scsi;
+pub use poller::Poller;
 pub use queue::{Completion, Queue, Rejected};
 pub use session::{Pending, Session, SessionInfo};
 pub use url::{IscsiUrl, UrlError};

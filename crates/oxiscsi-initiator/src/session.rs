@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use oxiscsi_proto::login::{ChapAlgorithm, SessionType};
-use oxiscsi_proto::pdu::{CdbBuf, Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
+use oxiscsi_proto::pdu::{CdbBuf, Framer, Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
 use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult, TaskId};
 use oxiscsi_proto::text::OperationalParams;
 use oxiscsi_scsi::cdb::{unmap_parameter_list, Cdb};
@@ -104,11 +104,67 @@ impl std::fmt::Debug for Pending {
 /// A session logged in but its socket or timer could not be set up (the cause, and for
 /// the open-file limit what to do, are in `e`). The connection is closed as the error
 /// returns; nothing was sent in the full feature phase yet.
-fn after_login(e: std::io::Error) -> Error {
+pub(crate) fn after_login(e: std::io::Error) -> Error {
     Error::Io(std::io::Error::new(
         e.kind(),
         format!("logged in, but {e}; the connection is closed"),
     ))
+}
+
+/// A connection in its full feature phase, ready for a driver.
+pub(crate) struct Opened {
+    pub conn: InitiatorConnection,
+    pub info: SessionInfo,
+    /// Carries ISID, TSIH, target and portal for everything the driver logs.
+    pub span: tracing::Span,
+    pub framer: Framer,
+    pub stream: tokio::net::TcpStream,
+    /// Bytes read past the final Login Response.
+    pub leftover: BytesMut,
+}
+
+/// Validate `cfg`, connect and log in (following redirects).
+pub(crate) async fn log_in(cfg: &SessionConfig, st: SessionType) -> Result<Opened, Error> {
+    cfg.validate().map_err(Error::Config)?;
+    let isid = transport::new_isid();
+    let li = transport::login(cfg, st, isid).await?;
+    let outcome = li.outcome;
+    let info = SessionInfo {
+        target: if st == SessionType::Discovery {
+            String::new()
+        } else {
+            cfg.target.clone()
+        },
+        portal: li.portal.clone(),
+        initiator_name: cfg.initiator_name.clone(),
+        isid,
+        tsih: outcome.tsih,
+        params: outcome.params.clone(),
+        chap: outcome.chap,
+        mutual_chap: outcome.mutual,
+        queue_depth: cfg.connection.queue_depth,
+        local_address: li.stream.local_addr().ok(),
+    };
+    let span = tracing::info_span!(
+        "session",
+        isid = %isid,
+        tsih = outcome.tsih,
+        target = %info.target,
+        portal = %info.portal,
+    );
+    span.in_scope(|| tracing::info!(params = ?outcome.params, "logged in"));
+    let mut conn =
+        InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
+    conn.count_login_pdus(li.login_pdus);
+    let framer = conn.rx_framer();
+    Ok(Opened {
+        conn,
+        info,
+        span,
+        framer,
+        stream: li.stream,
+        leftover: li.leftover,
+    })
 }
 
 /// Retries for UNIT ATTENTION, which a target reports once after login or reset.
@@ -121,54 +177,24 @@ impl Session {
     }
 
     pub(crate) async fn open(cfg: SessionConfig, st: SessionType) -> Result<Session, Error> {
-        cfg.validate().map_err(Error::Config)?;
-        let isid = transport::new_isid();
-        let li = transport::login(&cfg, st, isid).await?;
-        let outcome = li.outcome;
-        let info = SessionInfo {
-            target: if st == SessionType::Discovery {
-                String::new()
-            } else {
-                cfg.target.clone()
-            },
-            portal: li.portal.clone(),
-            initiator_name: cfg.initiator_name.clone(),
-            isid,
-            tsih: outcome.tsih,
-            params: outcome.params.clone(),
-            chap: outcome.chap,
-            mutual_chap: outcome.mutual,
-            queue_depth: cfg.connection.queue_depth,
-            local_address: li.stream.local_addr().ok(),
-        };
-        let span = tracing::info_span!(
-            "session",
-            isid = %isid,
-            tsih = outcome.tsih,
-            target = %info.target,
-            portal = %info.portal,
-        );
-        span.in_scope(|| tracing::info!(params = ?outcome.params, "logged in"));
-        let mut conn =
-            InitiatorConnection::new(&outcome, cfg.connection.clone(), std::time::Instant::now());
-        conn.count_login_pdus(li.login_pdus);
-        let framer = conn.rx_framer();
-        let socket = crate::sock::Socket::new(li.stream).map_err(after_login)?;
+        let o = log_in(&cfg, st).await?;
+        let socket = crate::sock::Socket::new(o.stream).map_err(after_login)?;
         let shared = Shared::new(
-            conn,
+            o.conn,
             socket,
             cfg.connection.queue_depth,
-            span.clone(),
-            li.portal.clone(),
+            o.span.clone(),
+            o.info.portal.clone(),
         );
-        let driver = span
-            .in_scope(|| driver::Driver::new(shared.clone(), framer, li.leftover))
+        let driver = o
+            .span
+            .in_scope(|| driver::Driver::new(shared.clone(), o.framer, o.leftover))
             .map_err(after_login)?;
-        tokio::spawn(driver.instrument(span));
+        tokio::spawn(driver.instrument(o.span));
         Ok(Session {
             inner: Arc::new(Inner {
                 shared,
-                info,
+                info: o.info,
                 block_sizes: Mutex::new(HashMap::new()),
             }),
         })

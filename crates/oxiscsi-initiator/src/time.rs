@@ -80,7 +80,7 @@ pub(crate) trait OneShot: Sized {
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
-mod timerfd {
+pub(crate) mod timerfd {
     use std::io;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +89,60 @@ mod timerfd {
     use std::time::Instant;
 
     use tokio::io::unix::AsyncFd;
+
+    /// A new non-blocking one-shot timerfd on CLOCK_MONOTONIC (the clock `Instant` reads
+    /// on Linux).
+    pub(crate) fn create() -> io::Result<OwnedFd> {
+        // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd
+        // that nothing else owns.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(crate::limits::fd_error(
+                "cannot create a timer (timerfd_create)",
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `raw` was just returned by timerfd_create and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Set timerfd `fd` to expire at `at`, or disarm it.
+    pub(crate) fn arm(fd: std::os::fd::RawFd, at: Option<Instant>) -> io::Result<()> {
+        // Relative, from a clock read now: `Instant` is opaque, and this needs no
+        // assumption about which clock it reads.
+        let value = match at {
+            // A zero it_value disarms, so a deadline already passed is 1 ns away.
+            Some(at) => at
+                .saturating_duration_since(Instant::now())
+                .max(std::time::Duration::from_nanos(1)),
+            None => std::time::Duration::ZERO,
+        };
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(value.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: value.subsec_nanos().into(),
+            },
+        };
+        // SAFETY: `fd` is an open timerfd; `spec` is a valid itimerspec that outlives
+        // the call; a null old_value is allowed.
+        let rc = unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::other(format!(
+                "cannot set a timer (timerfd_settime): {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
 
     /// A one-shot timerfd (CLOCK_MONOTONIC, the clock `Instant` reads on Linux)
     /// registered with tokio's I/O driver.
@@ -128,22 +182,7 @@ mod timerfd {
 
     impl super::OneShot for Timer {
         fn new() -> io::Result<Timer> {
-            // SAFETY: timerfd_create takes no pointers; a non-negative result is a new fd
-            // that nothing else owns.
-            let raw = unsafe {
-                libc::timerfd_create(
-                    libc::CLOCK_MONOTONIC,
-                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-                )
-            };
-            if raw < 0 {
-                return Err(crate::limits::fd_error(
-                    "cannot create a timer (timerfd_create)",
-                    io::Error::last_os_error(),
-                ));
-            }
-            // SAFETY: `raw` was just returned by timerfd_create and is owned by nobody else.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let fd = create()?;
             let fired = Arc::new(Fired {
                 flag: AtomicBool::new(false),
                 caller: Mutex::new(None),
@@ -161,36 +200,7 @@ mod timerfd {
         }
 
         fn set(&mut self, at: Option<Instant>) -> io::Result<()> {
-            // Relative, from a clock read now: `Instant` is opaque, and this needs no
-            // assumption about which clock it reads.
-            let value = match at {
-                // A zero it_value disarms, so a deadline already passed is 1 ns away.
-                Some(at) => at
-                    .saturating_duration_since(Instant::now())
-                    .max(std::time::Duration::from_nanos(1)),
-                None => std::time::Duration::ZERO,
-            };
-            let spec = libc::itimerspec {
-                it_interval: libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: libc::timespec {
-                    tv_sec: libc::time_t::try_from(value.as_secs()).unwrap_or(libc::time_t::MAX),
-                    tv_nsec: value.subsec_nanos().into(),
-                },
-            };
-            // SAFETY: the fd is our open timerfd; `spec` is a valid itimerspec that
-            // outlives the call; a null old_value is allowed.
-            let rc = unsafe {
-                libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-            };
-            if rc != 0 {
-                return Err(io::Error::other(format!(
-                    "cannot set a timer (timerfd_settime): {}",
-                    io::Error::last_os_error()
-                )));
-            }
+            arm(self.fd.as_raw_fd(), at)?;
             // Setting the time resets the expiry count; a wake-up already recorded for
             // the old setting is looked at (and found empty) by the next poll.
             self.armed = at.is_some();

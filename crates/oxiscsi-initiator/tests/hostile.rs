@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use oxiscsi_initiator::proto::pdu::*;
 use oxiscsi_initiator::proto::text::{encode_pairs, parse_pairs, Negotiator, Role};
 use oxiscsi_initiator::proto::{Digest, SerialNumber};
-use oxiscsi_initiator::{DigestChoice, Error, Session, SessionConfig};
+use oxiscsi_initiator::{DigestChoice, Error, Poller, Session, SessionConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -809,5 +809,116 @@ async fn queued_commands_fail_with_the_session() {
     assert!(matches!(e.error, Error::Closed(_)), "{e}");
     assert!(e.command.is_some(), "a refused command is handed back");
     assert_eq!(q.next(&mut done).await, 0);
+    fake.abort();
+}
+
+/// An 8 KiB READ(10) of LUN 0, as the fake answers it.
+fn read_cmd(len: u32) -> oxiscsi_initiator::proto::session::Command {
+    oxiscsi_initiator::proto::session::Command::new(
+        Lun::from_number(0),
+        vec![0x28u8, 0, 0, 0, 0, 0, 0, 0, 16, 0],
+    )
+    .with_read(len)
+}
+
+/// The caller-driven session (Poller) when the target breaks a rule: every command in
+/// flight comes back failed with the reason, a closed session refuses new submissions
+/// (handing the command back) and `service` then fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_commands_fail_with_the_session() {
+    let (portal, fake) = fake_target(Misbehave::MalformedBhs, false).await;
+    let mut p = Poller::connect(config(&portal)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        for token in 0..4 {
+            p.submit(token, read_cmd(8192)).unwrap();
+        }
+        let mut done = Vec::new();
+        let t0 = Instant::now();
+        while p.in_flight() > 0 {
+            p.service(&mut done, Some(Duration::from_secs(1))).unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "commands left waiting"
+            );
+        }
+        let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+        tokens.sort();
+        assert_eq!(tokens, [0, 1, 2, 3]);
+        for c in &done {
+            let e = c.result.as_ref().expect_err("the session failed");
+            assert!(e.to_string().contains("SCSI Data-In"), "{e}");
+        }
+        assert!(p
+            .closed_reason()
+            .is_some_and(|r| r.contains("SCSI Data-In")));
+        let e = p.submit(9, read_cmd(8192)).unwrap_err();
+        assert!(matches!(e.error, Error::Closed(_)), "{e}");
+        assert!(e.command.is_some(), "a refused command is handed back");
+        let e = p.service(&mut done, None).unwrap_err();
+        assert!(matches!(e, Error::Closed(_)), "{e}");
+    })
+    .await
+    .unwrap();
+    fake.abort();
+}
+
+/// A target that stops mid-PDU: the Poller's own timer (a NOP-Out, then its timeout)
+/// ends the wait of a caller blocked in `execute`, with the PDU and the rule named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_stalled_target_is_declared_dead_by_nop_timeout() {
+    let (portal, fake) = fake_target(Misbehave::Stall, false).await;
+    let mut cfg = config(&portal);
+    cfg.connection.nop_interval = Some(Duration::from_secs(1));
+    cfg.connection.nop_timeout = Duration::from_secs(1);
+    let mut p = Poller::connect(cfg).await.unwrap();
+    let (e, took) = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        let e = p
+            .execute(read_cmd(8192))
+            .expect_err("a stalled target fails it");
+        (e, t0.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_names(&e, "NOP-In", "§11.18");
+    fake.abort();
+}
+
+/// Large payloads that arrive slowly in pieces, then small ones, through the Poller: it
+/// waits for a large payload whole and must go back to waking for every byte between
+/// frames (its socket is watched edge-triggered, so a wait after a read that left bytes
+/// behind would never end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poller_large_payload_in_slow_pieces_then_small_pdus() {
+    let (portal, fake) = fake_target(Misbehave::Trickle, false).await;
+    let mut p = Poller::connect(config(&portal)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        for len in [256 * 1024u32, 8192, 200 * 1024, 512, 96 * 1024, 4096] {
+            let t0 = Instant::now();
+            p.submit(u64::from(len), read_cmd(len)).unwrap();
+            let mut done = Vec::new();
+            let n = p.service(&mut done, Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(n, 1, "read of {len} bytes stalled");
+            let r = done.pop().unwrap().result.unwrap();
+            assert_eq!(r.data.len(), len as usize);
+            assert!(
+                r.data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == (i % 251) as u8),
+                "read of {len} bytes: wrong data"
+            );
+            let pieces = (len as usize + 48).div_ceil(16 * 1024) as u32;
+            let bound = Duration::from_millis(20) * pieces + Duration::from_secs(1);
+            assert!(
+                t0.elapsed() < bound,
+                "read of {len} bytes took {:?}",
+                t0.elapsed()
+            );
+        }
+    })
+    .await
+    .unwrap();
     fake.abort();
 }

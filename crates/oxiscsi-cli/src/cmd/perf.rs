@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use oxiscsi_initiator::{Queue, Session};
+use oxiscsi_initiator::{Completion, Poller, Queue, Rejected, Session};
 use oxiscsi_proto::pdu::{Lun, ScsiStatus};
 use oxiscsi_proto::session::{Command, ScsiResult};
 use oxiscsi_scsi::cdb::Cdb;
@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::common::{cpu_times, open_with, CliError, CliResult, CommonOpts};
+use crate::common::{cpu_times, open_poller, open_with, CliError, CliResult, CommonOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,12 +43,32 @@ pub struct Args {
     /// an application that keeps its data pays on top).
     #[arg(long)]
     pub own_buffers: bool,
-    /// One task per I/O slot, each awaiting Session::execute, instead of one task
-    /// keeping all in flight through a completion queue (Session::queue).
-    #[arg(long)]
-    pub tasks: bool,
+    /// How the I/Os are issued: `poller`, one thread driving its own session
+    /// (Poller::service, libiscsi's event-loop shape, as iscsi-perf runs); `queue`, one
+    /// task keeping them in flight through a completion queue (Session::queue) beside
+    /// the session's driver task; `tasks`, one task per I/O slot awaiting
+    /// Session::execute, the way most library callers use a session.
+    #[arg(long, value_enum, default_value_t = Api::Poller)]
+    pub api: Api,
     /// iscsi://[user[%password]@]host[:port]/target-iqn/lun
     pub url: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Poller,
+    Queue,
+    Tasks,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Poller => "poller",
+            Api::Queue => "queue",
+            Api::Tasks => "tasks",
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -73,8 +93,7 @@ struct Report {
     write: bool,
     /// Reads kept in a buffer per I/O slot (`--own-buffers`) rather than dropped.
     own_buffers: bool,
-    /// How the I/Os were issued: "queue" (one task, a completion queue) or "tasks" (a
-    /// task per slot awaiting each command).
+    /// How the I/Os were issued (`--api`): "poller", "queue" or "tasks".
     api: &'static str,
 }
 
@@ -153,10 +172,21 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         own: args.own_buffers,
         payload,
     };
+    let poller = if args.api == Api::Poller {
+        let mut p = open_poller(&args.url, opts, |cfg| {
+            cfg.connection.queue_depth = cfg.connection.queue_depth.max(qd)
+        })
+        .await?;
+        let _ = session.logout().await;
+        test_unit_ready(&mut p, lun)?;
+        Some(p)
+    } else {
+        None
+    };
     let start = Instant::now();
     let cpu0 = cpu_times();
     let mut handles = Vec::new();
-    if args.tasks {
+    if args.api == Api::Tasks {
         let pos = Arc::new(AtomicU64::new(0));
         for w in 0..args.max_in_flight {
             let (s, stop, pos, done_ios, load) = (
@@ -170,6 +200,12 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
                 task_worker(s, load, w as u64, pos, stop, show.then_some(done_ios)).await
             }));
         }
+    } else if let Some(p) = poller {
+        let (stop, done_ios) = (stop.clone(), done_ios.clone());
+        let qd = args.max_in_flight;
+        handles.push(tokio::task::spawn_blocking(move || {
+            poller_worker(p, load, qd, stop, show.then_some(done_ios))
+        }));
     } else {
         let (s, stop, done_ios) = (session.clone(), stop.clone(), done_ios.clone());
         let qd = args.max_in_flight;
@@ -247,7 +283,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         random: args.random,
         write: args.write,
         own_buffers: args.own_buffers,
-        api: if args.tasks { "tasks" } else { "queue" },
+        api: args.api.name(),
     };
     if opts.json {
         println!(
@@ -396,7 +432,7 @@ impl Worker {
     }
 }
 
-/// The default: one task keeps `qd` commands in flight through a completion [`Queue`],
+/// `--api queue`: one task keeps `qd` commands in flight through a completion [`Queue`],
 /// as iscsi-perf does through libiscsi's callbacks. Each batch of completions costs one
 /// wake-up and one clock read; each I/O's latency runs from its submission to the
 /// collection of the batch it finished in.
@@ -407,57 +443,153 @@ async fn queue_worker(
     stop: Arc<AtomicBool>,
     live: Option<Arc<AtomicU64>>,
 ) -> Worker {
-    let mut st = Slots {
-        q: s.queue(),
-        rng: seeded_rng(0),
-        pos: 0,
-        sent_at: vec![0; qd],
-        // With --own-buffers: one read buffer per slot, reused.
-        bufs: (0..qd)
-            .map(|_| {
-                (load.own && !load.write).then(|| BytesMut::with_capacity(load.io_bytes() as usize))
-            })
-            .collect(),
-    };
+    let mut st = Slots::new(s.queue(), &load, qd);
     let mut wk = Worker::new();
-    let now = mono_ns();
-    for slot in 0..qd {
-        st.submit(&load, slot, now, &mut wk, &stop);
-    }
+    st.fill(&load, qd, &mut wk, &stop);
     let mut done = Vec::with_capacity(qd);
     loop {
         let n = st.q.next(&mut done).await;
         if n == 0 {
             break;
         }
-        let now = mono_ns();
-        for c in done.drain(..) {
-            let slot = c.token as usize;
-            let ns = now.saturating_sub(st.sent_at[slot]);
-            if let Some(b) = wk.finished(&load, c.result, ns, &stop) {
-                st.bufs[slot] = Some(b);
-            }
-            if !stop.load(Ordering::Relaxed) {
-                st.submit(&load, slot, now, &mut wk, &stop);
-            }
-        }
-        if let Some(live) = &live {
-            live.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        st.refill(&load, &mut done, &mut wk, &stop, live.as_deref());
     }
     wk
 }
 
-/// The queue worker's I/O slots.
-struct Slots {
-    q: Queue,
+/// The default (`--api poller`): as [`queue_worker`], on a thread of its own that drives its session
+/// itself ([`Poller::service`]), with no task, lock or wake-up between the socket and
+/// this loop.
+fn poller_worker(
+    p: Poller,
+    load: Load,
+    qd: usize,
+    stop: Arc<AtomicBool>,
+    live: Option<Arc<AtomicU64>>,
+) -> Worker {
+    let mut st = Slots::new(p, &load, qd);
+    let mut wk = Worker::new();
+    st.fill(&load, qd, &mut wk, &stop);
+    let mut done = Vec::with_capacity(qd);
+    loop {
+        match st.q.service(&mut done, None) {
+            Ok(0) => break,
+            Ok(_) => st.refill(&load, &mut done, &mut wk, &stop, live.as_deref()),
+            Err(e) => {
+                wk.errors += 1;
+                wk.first_error.get_or_insert_with(|| e.to_string());
+                stop.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    if let Err(e) = st.q.logout() {
+        tracing::warn!(error = %e, "logout after the run failed");
+    }
+    wk
+}
+
+/// TEST UNIT READY until GOOD, past the UNIT ATTENTION a target reports once to each
+/// new session (the poller runs commands as they are, without the retries
+/// [`Session`]'s helpers make).
+fn test_unit_ready(p: &mut Poller, lun: u16) -> CliResult {
+    let mut last = String::new();
+    for _ in 0..4 {
+        let cmd = Command::new(Lun::from_number(lun), cdb_buf(Cdb::TestUnitReady));
+        let r = p.execute(cmd)?;
+        if r.status == ScsiStatus::GOOD {
+            return Ok(());
+        }
+        last = match oxiscsi_scsi::Sense::parse(&r.sense) {
+            Ok(s) => format!("{} {s}", r.status),
+            Err(_) => r.status.to_string(),
+        };
+    }
+    Err(CliError::Io(format!(
+        "LUN {lun} is not ready for the poller's session: {last}"
+    )))
+}
+
+/// Where [`Slots`] submits: a completion queue or a poller.
+trait Submitter {
+    #[allow(clippy::result_large_err)]
+    fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Rejected>;
+}
+
+impl Submitter for Queue {
+    fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Rejected> {
+        Queue::submit(self, token, cmd)
+    }
+}
+
+impl Submitter for Poller {
+    fn submit(&mut self, token: u64, cmd: Command) -> Result<(), Rejected> {
+        Poller::submit(self, token, cmd)
+    }
+}
+
+/// One worker's I/O slots, submitted through `q`.
+struct Slots<Q> {
+    q: Q,
     rng: SmallRng,
     pos: u64,
     sent_at: Vec<u64>,
     bufs: Vec<Option<BytesMut>>,
 }
 
-impl Slots {
+impl<Q: Submitter> Slots<Q> {
+    fn new(q: Q, load: &Load, qd: usize) -> Slots<Q> {
+        Slots {
+            q,
+            rng: seeded_rng(0),
+            pos: 0,
+            sent_at: vec![0; qd],
+            // With --own-buffers: one read buffer per slot, reused.
+            bufs: (0..qd)
+                .map(|_| {
+                    (load.own && !load.write)
+                        .then(|| BytesMut::with_capacity(load.io_bytes() as usize))
+                })
+                .collect(),
+        }
+    }
+
+    /// Put every slot in flight.
+    fn fill(&mut self, load: &Load, qd: usize, wk: &mut Worker, stop: &AtomicBool) {
+        let now = mono_ns();
+        for slot in 0..qd {
+            self.submit(load, slot, now, wk, stop);
+        }
+    }
+
+    /// Count a batch of completions and submit the next I/O in each freed slot. One clock
+    /// read per batch: each I/O's latency runs from its submission to the collection of
+    /// the batch it finished in.
+    fn refill(
+        &mut self,
+        load: &Load,
+        done: &mut Vec<Completion>,
+        wk: &mut Worker,
+        stop: &AtomicBool,
+        live: Option<&AtomicU64>,
+    ) {
+        let now = mono_ns();
+        let n = done.len();
+        for c in done.drain(..) {
+            let slot = c.token as usize;
+            let ns = now.saturating_sub(self.sent_at[slot]);
+            if let Some(b) = wk.finished(load, c.result, ns, stop) {
+                self.bufs[slot] = Some(b);
+            }
+            if !stop.load(Ordering::Relaxed) {
+                self.submit(load, slot, now, wk, stop);
+            }
+        }
+        if let Some(live) = live {
+            live.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
     fn submit(&mut self, load: &Load, slot: usize, now: u64, wk: &mut Worker, stop: &AtomicBool) {
         let lba = load.lba(&mut self.rng, &mut self.pos);
         let cmd = load.command(lba, self.bufs[slot].take());
@@ -472,7 +604,7 @@ impl Slots {
     }
 }
 
-/// `--tasks`: one task per I/O slot, each awaiting [`Session::execute`] in turn, the way
+/// `--api tasks`: one task per I/O slot, each awaiting [`Session::execute`] in turn, the way
 /// most library callers use the session.
 async fn task_worker(
     s: Session,
