@@ -955,6 +955,39 @@ fn poller_against_tgtd() {
     tokens.sort();
     assert_eq!(tokens, [0, 1, 2, 3]);
 
+    // A caller's own event loop: poll(2) on the session's descriptor, writable too while
+    // bytes wait, until its deadline; then service_ready, which never blocks.
+    for i in 0..4 {
+        p.submit(i, extent_cmd(&data, extents[i as usize], false))
+            .unwrap();
+    }
+    done.clear();
+    let t0 = Instant::now();
+    while done.len() < 4 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the event loop stalled");
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&p),
+            events: libc::POLLIN | if p.wants_write() { libc::POLLOUT } else { 0 },
+            revents: 0,
+        };
+        let ms = p.deadline().map_or(1000, |d| {
+            d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32
+        });
+        // SAFETY: one valid pollfd for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        assert!(n >= 0, "poll failed");
+        let readable = pfd.revents & libc::POLLIN != 0;
+        let t = Instant::now();
+        p.service_ready(readable, &mut done).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(100), "service_ready blocked");
+    }
+    for c in &done {
+        let (lba, blocks) = extents[c.token as usize];
+        let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
+        assert!(c.result.as_ref().unwrap().data[..] == *want);
+    }
+    done.clear();
+
     // Idle: `service` with a timeout runs the session's timer meanwhile.
     let before = p.stats();
     let t0 = Instant::now();

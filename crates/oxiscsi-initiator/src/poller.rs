@@ -172,7 +172,8 @@ impl Poller {
     /// [`Session::execute`](crate::Session::execute) does; commands submitted before it
     /// go on meanwhile and are collected by the next [`service`](Self::service). It
     /// waits at most until the core gives up on the command (the connection's task
-    /// timeout, or the session failing).
+    /// timeout, or the session failing). It is not refused for a full queue: one
+    /// command more than the queue depth, still within the target's command window.
     pub fn execute(&mut self, cmd: Command) -> Result<ScsiResult, Error> {
         self.start(None, cmd)?;
         loop {
@@ -194,7 +195,7 @@ impl Poller {
                 command: Some(cmd),
             });
         }
-        if self.tokens.len() >= self.queue_depth {
+        if token.is_some() && self.tokens.len() >= self.queue_depth {
             let depth = self.queue_depth;
             return Err(Rejected {
                 error: Error::QueueFull { depth },
