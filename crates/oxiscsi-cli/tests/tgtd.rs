@@ -964,14 +964,19 @@ fn poller_against_tgtd() {
     done.clear();
     let t0 = Instant::now();
     while done.len() < 4 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the event loop stalled");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the event loop stalled"
+        );
         let mut pfd = libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&p),
             events: libc::POLLIN | if p.wants_write() { libc::POLLOUT } else { 0 },
             revents: 0,
         };
         let ms = p.deadline().map_or(1000, |d| {
-            d.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32
         });
         // SAFETY: one valid pollfd for the call.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -979,7 +984,10 @@ fn poller_against_tgtd() {
         let readable = pfd.revents & libc::POLLIN != 0;
         let t = Instant::now();
         p.service_ready(readable, &mut done).unwrap();
-        assert!(t.elapsed() < Duration::from_millis(100), "service_ready blocked");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "service_ready blocked"
+        );
     }
     for c in &done {
         let (lba, blocks) = extents[c.token as usize];
