@@ -643,15 +643,7 @@ fn extent_cmd(
     let (fua, dpo) = (false, false);
     let bytes = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
     if write {
-        let (c, n) = Cdb::Write16 {
-            lba,
-            blocks,
-            fua,
-            dpo,
-        }
-        .to_array();
-        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
-            .with_data_out(Bytes::copy_from_slice(bytes))
+        write16(lba, Bytes::copy_from_slice(bytes))
     } else {
         let (c, n) = Cdb::Read16 {
             lba,
@@ -664,13 +656,41 @@ fn extent_cmd(
     }
 }
 
+/// A WRITE(16) of `data` (whole 512-byte blocks) at `lba` of LUN 1.
+fn write16(lba: u64, data: Bytes) -> oxiscsi_initiator::proto::session::Command {
+    use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+    use oxiscsi_initiator::scsi::cdb::Cdb;
+    let (c, n) = Cdb::Write16 {
+        lba,
+        blocks: (data.len() / 512) as u32,
+        fua: false,
+        dpo: false,
+    }
+    .to_array();
+    oxiscsi_initiator::proto::session::Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
+        .with_data_out(data)
+}
+
+/// A finished command of [`mixed_extents`]: GOOD, and a read returns the extent's data.
+fn check_extent(
+    data: &[u8],
+    extents: &[(u64, u32)],
+    c: oxiscsi_initiator::Completion,
+    write: bool,
+) {
+    let r = c.result.unwrap();
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    if !write {
+        let (lba, blocks) = extents[c.token as usize];
+        let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
+        assert!(r.data[..] == *want, "extent {} read back differs", c.token);
+    }
+}
+
 /// The completion queue (Session::queue) against tgtd, on both runtime flavours: writes
 /// and reads of mixed sizes kept in flight from one task, checked bit for bit by token;
 /// the slot limit; a dropped `next` loses nothing; a dropped queue frees its slots.
 async fn completion_queue() {
-    use oxiscsi_initiator::proto::pdu::Lun;
-    use oxiscsi_initiator::proto::session::Command;
-    use oxiscsi_initiator::scsi::cdb::Cdb;
     use std::time::Duration;
 
     let t = Tgtd::start();
@@ -699,13 +719,7 @@ async fn completion_queue() {
                 .expect("completions come");
             assert!(n > 0 && n == done.len());
             for c in done.drain(..) {
-                let r = c.result.unwrap();
-                assert_eq!(r.status, ScsiStatus::GOOD);
-                if !write {
-                    let (lba, blocks) = extents[c.token as usize];
-                    let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
-                    assert!(r.data[..] == *want, "extent {} read back differs", c.token);
-                }
+                check_extent(&data, &extents, c, write);
                 finished += 1;
             }
         }
@@ -718,18 +732,7 @@ async fn completion_queue() {
     }
     // The refused one is a write whose data only the command holds: it comes back whole.
     let extra = seeded(92, 4096);
-    let (c, n) = Cdb::Write16 {
-        lba: 20000,
-        blocks: 8,
-        fua: false,
-        dpo: false,
-    }
-    .to_array();
-    let refused = Command::new(
-        Lun::from_number(1),
-        oxiscsi_initiator::proto::pdu::CdbBuf::from_array(c, n),
-    )
-    .with_data_out(Bytes::from(extra.clone()));
+    let refused = write16(20000, Bytes::from(extra.clone()));
     let e = q.submit(8, refused).unwrap_err();
     assert!(matches!(e.error, Error::QueueFull { depth: 8 }), "{e}");
     assert!(e.to_string().contains("wait for a completion"), "{e}");
@@ -885,13 +888,7 @@ fn poller_against_tgtd() {
             let n = p.service(&mut done, Some(Duration::from_secs(10))).unwrap();
             assert!(n > 0 && n == done.len(), "completions come");
             for c in done.drain(..) {
-                let r = c.result.unwrap();
-                assert_eq!(r.status, ScsiStatus::GOOD);
-                if !write {
-                    let (lba, blocks) = extents[c.token as usize];
-                    let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
-                    assert!(r.data[..] == *want, "extent {} read back differs", c.token);
-                }
+                check_extent(&data, &extents, c, write);
                 finished += 1;
             }
         }
@@ -904,15 +901,7 @@ fn poller_against_tgtd() {
             .unwrap();
     }
     let extra = seeded(94, 4096);
-    let (c, n) = Cdb::Write16 {
-        lba: 20000,
-        blocks: 8,
-        fua: false,
-        dpo: false,
-    }
-    .to_array();
-    let write = Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
-        .with_data_out(Bytes::from(extra.clone()));
+    let write = write16(20000, Bytes::from(extra.clone()));
     let e = p.submit(8, write).unwrap_err();
     assert!(matches!(e.error, Error::QueueFull { depth: 8 }), "{e}");
     assert!(e.to_string().contains("Poller::service"), "{e}");
@@ -989,12 +978,9 @@ fn poller_against_tgtd() {
             "service_ready blocked"
         );
     }
-    for c in &done {
-        let (lba, blocks) = extents[c.token as usize];
-        let want = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
-        assert!(c.result.as_ref().unwrap().data[..] == *want);
+    for c in done.drain(..) {
+        check_extent(&data, &extents, c, false);
     }
-    done.clear();
 
     // Idle: `service` with a timeout runs the session's timer meanwhile.
     let before = p.stats();

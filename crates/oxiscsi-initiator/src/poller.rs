@@ -42,6 +42,35 @@ const MORE_READS: usize = 16;
 ///
 /// Dropping it without [`logout`](Self::logout) sends a Logout request if the socket
 /// takes it at once, then closes the connection; commands in flight are abandoned.
+///
+/// ```no_run
+/// use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+/// use oxiscsi_initiator::proto::session::Command;
+/// use oxiscsi_initiator::scsi::cdb::Cdb;
+/// use oxiscsi_initiator::{Poller, SessionConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = SessionConfig::new("127.0.0.1:3260", "iqn.2026-11.test:tgt1");
+/// let mut p = Poller::connect_blocking(cfg)?;
+/// // Eight 64 KiB reads of LUN 1 in flight, the token naming each one's first block.
+/// let read = |lba: u64| {
+///     let (cdb, n) = Cdb::Read16 { lba, blocks: 128, fua: false, dpo: false }.to_array();
+///     Command::new(Lun::from_number(1), CdbBuf::from_array(cdb, n)).with_read(128 * 512)
+/// };
+/// for i in 0..8 {
+///     p.submit(i * 128, read(i * 128))?;
+/// }
+/// let mut done = Vec::new();
+/// while p.in_flight() > 0 {
+///     p.service(&mut done, None)?;
+/// }
+/// for c in &done {
+///     println!("LBA {}: {:?}", c.token, c.result.as_ref().map(|r| r.status));
+/// }
+/// p.logout()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Poller {
     conn: InitiatorConnection,
     stream: TcpStream,

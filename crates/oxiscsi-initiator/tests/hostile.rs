@@ -452,25 +452,26 @@ async fn slow_pieces_then_small_pdus() {
         let Ok(r) = tokio::time::timeout(Duration::from_secs(5), read).await else {
             panic!("read of {len} bytes stalled");
         };
-        let r = r.unwrap();
-        assert_eq!(r.data.len(), len as usize);
-        assert!(
-            r.data
-                .iter()
-                .enumerate()
-                .all(|(i, b)| *b == (i % 251) as u8),
-            "read of {len} bytes: wrong data"
-        );
-        // Pieces 20 ms apart: the read takes about that per piece, never a timer's worth.
-        let pieces = (len as usize + 48).div_ceil(16 * 1024) as u32;
-        let bound = Duration::from_millis(20) * pieces + Duration::from_secs(1);
-        assert!(
-            t0.elapsed() < bound,
-            "read of {len} bytes took {:?}",
-            t0.elapsed()
-        );
+        check_trickled(&r.unwrap().data, len, t0);
     }
     fake.abort();
+}
+
+/// A read of `len` bytes from the trickling fake, started at `t0`: the fake's data, and
+/// no slower than its pieces (20 ms apart) allow, never a timer's worth.
+fn check_trickled(data: &[u8], len: u32, t0: Instant) {
+    assert_eq!(data.len(), len as usize);
+    assert!(
+        data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "read of {len} bytes: wrong data"
+    );
+    let pieces = (len as usize + 48).div_ceil(16 * 1024) as u32;
+    let bound = Duration::from_millis(20) * pieces + Duration::from_secs(1);
+    assert!(
+        t0.elapsed() < bound,
+        "read of {len} bytes took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -773,6 +774,17 @@ async fn writes_wait_while_the_socket_is_full_multi_thread() {
     writes_wait_while_the_socket_is_full().await;
 }
 
+/// Commands 0-3 all came back, each failed with an error naming `what`.
+fn all_four_failed(done: &[oxiscsi_initiator::Completion], what: &str) {
+    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
+    tokens.sort();
+    assert_eq!(tokens, [0, 1, 2, 3]);
+    for c in done {
+        let e = c.result.as_ref().expect_err("the session failed");
+        assert!(e.to_string().contains(what), "{e}");
+    }
+}
+
 /// Commands in flight through a completion queue when the target breaks a rule: each
 /// comes back failed with the reason (none is left waiting), a closed session refuses
 /// new submissions, and an empty queue answers at once.
@@ -798,13 +810,7 @@ async fn queued_commands_fail_with_the_session() {
             .await
             .expect("no hang: every queued command ends");
     }
-    let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
-    tokens.sort();
-    assert_eq!(tokens, [0, 1, 2, 3]);
-    for c in &done {
-        let e = c.result.as_ref().expect_err("the session failed");
-        assert!(e.to_string().contains("SCSI Data-In"), "{e}");
-    }
+    all_four_failed(&done, "SCSI Data-In");
     let e = q.submit(9, read()).unwrap_err();
     assert!(matches!(e.error, Error::Closed(_)), "{e}");
     assert!(e.command.is_some(), "a refused command is handed back");
@@ -841,13 +847,7 @@ async fn poller_commands_fail_with_the_session() {
                 "commands left waiting"
             );
         }
-        let mut tokens: Vec<u64> = done.iter().map(|c| c.token).collect();
-        tokens.sort();
-        assert_eq!(tokens, [0, 1, 2, 3]);
-        for c in &done {
-            let e = c.result.as_ref().expect_err("the session failed");
-            assert!(e.to_string().contains("SCSI Data-In"), "{e}");
-        }
+        all_four_failed(&done, "SCSI Data-In");
         assert!(p
             .closed_reason()
             .is_some_and(|r| r.contains("SCSI Data-In")));
@@ -900,22 +900,7 @@ async fn poller_large_payload_in_slow_pieces_then_small_pdus() {
             let mut done = Vec::new();
             let n = p.service(&mut done, Some(Duration::from_secs(5))).unwrap();
             assert_eq!(n, 1, "read of {len} bytes stalled");
-            let r = done.pop().unwrap().result.unwrap();
-            assert_eq!(r.data.len(), len as usize);
-            assert!(
-                r.data
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == (i % 251) as u8),
-                "read of {len} bytes: wrong data"
-            );
-            let pieces = (len as usize + 48).div_ceil(16 * 1024) as u32;
-            let bound = Duration::from_millis(20) * pieces + Duration::from_secs(1);
-            assert!(
-                t0.elapsed() < bound,
-                "read of {len} bytes took {:?}",
-                t0.elapsed()
-            );
+            check_trickled(&done.pop().unwrap().result.unwrap().data, len, t0);
         }
     })
     .await
