@@ -244,14 +244,11 @@ impl Core {
         while let Some(ev) = self.conn.poll_event() {
             match route(ev, span, &self.portal) {
                 Routed::Done(id, outcome) => self.complete(id, outcome),
-                Routed::Ends(why) => {
-                    if why == LOGGED_OUT {
-                        self.logged_out = true;
-                        self.failure.get_or_insert(why);
-                    } else {
-                        self.failure = Some(why);
-                    }
+                Routed::LoggedOut => {
+                    self.logged_out = true;
+                    self.failure.get_or_insert_with(|| LOGGED_OUT.into());
                 }
+                Routed::Failed(why) => self.failure = Some(why),
                 Routed::Logged => {}
             }
         }
@@ -458,13 +455,15 @@ impl Core {
 pub(crate) enum Routed {
     /// An exchange finished: its outcome goes to whoever waits for it.
     Done(TaskId, Outcome),
-    /// The session ends, for this reason ([`LOGGED_OUT`] after a clean logout).
-    Ends(String),
+    /// The target answered our Logout: the session ends cleanly.
+    LoggedOut,
+    /// The connection failed, for this reason.
+    Failed(String),
     /// Logged (on `span`), nothing else to do.
     Logged,
 }
 
-/// Why a session ended after a clean logout.
+/// Why a session ended after a clean logout (what callers see in `Error::Closed`).
 pub(crate) const LOGGED_OUT: &str = "logged out";
 
 /// Sort one of the core's events for a driver (both drivers decide the same way).
@@ -497,11 +496,11 @@ pub(crate) fn route(ev: Event, span: &tracing::Span, portal: &str) -> Routed {
             ..
         } => {
             span.in_scope(|| tracing::info!(%response, time2wait, "logged out"));
-            Routed::Ends(LOGGED_OUT.to_string())
+            Routed::LoggedOut
         }
         Event::Failed(e) => {
             span.in_scope(|| tracing::warn!(error = %e, "connection failed"));
-            Routed::Ends(format!("connection to {portal} failed: {e}"))
+            Routed::Failed(format!("connection to {portal} failed: {e}"))
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct Poller {
     failure: Option<String>,
     /// Why the session ended, once it has.
     closed: Option<String>,
+    /// The target answered our Logout.
+    logged_out: bool,
     info: SessionInfo,
     span: tracing::Span,
 }
@@ -145,6 +147,7 @@ impl Poller {
             events,
             failure: None,
             closed: None,
+            logged_out: false,
             info: o.info,
             span: o.span,
         };
@@ -367,8 +370,13 @@ impl Poller {
 
     /// Log out (RFC 7143 §11.14) once the commands in flight have ended, waiting at most
     /// the connection's logout timeout; their completions are dropped (collect them with
-    /// [`service`](Self::service) first to keep them).
+    /// [`service`](Self::service) first to keep them). A session that already ended fails
+    /// with [`Error::Closed`] and its reason, unless it ended by logging out.
     pub fn logout(mut self) -> Result<(), Error> {
+        if self.logged_out {
+            // The target asked for it and the core already logged out.
+            return Ok(());
+        }
         if let Some(why) = &self.closed {
             return Err(Error::Closed(why.clone()));
         }
@@ -378,12 +386,8 @@ impl Poller {
         loop {
             match self.service(&mut scratch, Some(Duration::from_secs(1))) {
                 Ok(_) => scratch.clear(),
-                Err(e) => {
-                    return match self.closed.as_deref() {
-                        Some(LOGGED_OUT) => Ok(()),
-                        _ => Err(e),
-                    }
-                }
+                Err(_) if self.logged_out => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -450,13 +454,11 @@ impl Poller {
                     Some(None) => self.executed = Some(scsi_outcome(outcome)),
                     None => {}
                 },
-                Routed::Ends(why) => {
-                    if why == LOGGED_OUT {
-                        self.failure.get_or_insert(why);
-                    } else {
-                        self.failure = Some(why);
-                    }
+                Routed::LoggedOut => {
+                    self.logged_out = true;
+                    self.failure.get_or_insert_with(|| LOGGED_OUT.into());
                 }
+                Routed::Failed(why) => self.failure = Some(why),
                 Routed::Logged => {}
             }
         }

@@ -856,6 +856,8 @@ async fn poller_commands_fail_with_the_session() {
         assert!(e.command.is_some(), "a refused command is handed back");
         let e = p.service(&mut done, None).unwrap_err();
         assert!(matches!(e, Error::Closed(_)), "{e}");
+        let e = p.logout().expect_err("a failed session cannot log out");
+        assert!(e.to_string().contains("SCSI Data-In"), "{e}");
     })
     .await
     .unwrap();
