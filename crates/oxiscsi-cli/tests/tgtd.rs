@@ -631,7 +631,8 @@ fn mixed_extents() -> Vec<(u64, u32)> {
     extents
 }
 
-/// A WRITE(16) of `data`'s blocks of the extent to LUN 1, or a READ(16) of them.
+/// A WRITE(16) of `data`'s blocks of the extent to LUN 1, or a READ(16) of the extent
+/// (`data` unused).
 fn extent_cmd(
     data: &[u8],
     (lba, blocks): (u64, u32),
@@ -641,8 +642,8 @@ fn extent_cmd(
     use oxiscsi_initiator::proto::session::Command;
     use oxiscsi_initiator::scsi::cdb::Cdb;
     let (fua, dpo) = (false, false);
-    let bytes = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
     if write {
+        let bytes = &data[lba as usize * 512..(lba as usize + blocks as usize) * 512];
         write16(lba, Bytes::copy_from_slice(bytes))
     } else {
         let (c, n) = Cdb::Read16 {
@@ -862,16 +863,7 @@ fn poller_against_tgtd() {
     cfg.connection.queue_depth = 8;
     cfg.connection.nop_interval = Some(Duration::from_millis(200));
     let mut p = Poller::connect_blocking(cfg).unwrap();
-    let tur = || {
-        let (c, n) = Cdb::TestUnitReady.to_array();
-        Command::new(Lun::from_number(1), CdbBuf::from_array(c, n))
-    };
-    // Any status comes back as it is: tgtd reports UNIT ATTENTION once after login.
-    let first = p.execute(tur()).unwrap().status;
-    if first != ScsiStatus::GOOD {
-        assert_eq!(first, ScsiStatus::CHECK_CONDITION);
-        assert_eq!(p.execute(tur()).unwrap().status, ScsiStatus::GOOD);
-    }
+    past_unit_attention(&mut p);
 
     let data = seeded(93, 8 << 20);
     let extents = mixed_extents();
@@ -999,5 +991,75 @@ fn poller_against_tgtd() {
     assert!(after.nop_out_pdus >= before.nop_out_pdus + 2, "{after:?}");
     assert!(after.nop_in_pdus >= before.nop_in_pdus + 2, "{after:?}");
     assert_eq!(after.timeout_errors, 0);
+    p.logout().unwrap();
+}
+
+/// TEST UNIT READY through a Poller until GOOD: it hands back any status as it is, and
+/// tgtd reports UNIT ATTENTION once after login and after a reset.
+fn past_unit_attention(p: &mut oxiscsi_initiator::Poller) {
+    use oxiscsi_initiator::proto::pdu::{CdbBuf, Lun};
+    use oxiscsi_initiator::proto::session::Command;
+    use oxiscsi_initiator::scsi::cdb::Cdb;
+    for _ in 0..3 {
+        let (c, n) = Cdb::TestUnitReady.to_array();
+        let tur = Command::new(Lun::from_number(1), CdbBuf::from_array(c, n));
+        let status = p.execute(tur).unwrap().status;
+        if status == ScsiStatus::GOOD {
+            return;
+        }
+        assert_eq!(status, ScsiStatus::CHECK_CONDITION);
+    }
+    panic!("LUN 1 never became ready");
+}
+
+/// Task management through a Poller against tgtd: ABORT TASK of commands in flight
+/// (tgtd answers in microseconds, so each abort races the response: the answer and the
+/// command's outcome must agree), abort of a token not in flight, a LUN RESET, and the
+/// session intact after all of it.
+#[test]
+fn poller_task_management_against_tgtd() {
+    use oxiscsi_initiator::Poller;
+    use std::time::Duration;
+
+    let t = Tgtd::start();
+    t.target(1, IQN, &[16 << 20]);
+    let mut p = Poller::connect_blocking(t.config(IQN)).unwrap();
+    past_unit_attention(&mut p);
+    let mut done = Vec::new();
+    for i in 0..20u64 {
+        p.submit(i, write16((i % 16) * 2048, Bytes::from(seeded(i, 1 << 20))))
+            .unwrap();
+        let r = p.abort(i).unwrap();
+        assert!(
+            matches!(r, TmfResponse::COMPLETE | TmfResponse::TASK_DOES_NOT_EXIST),
+            "unexpected TMF response {r:?}"
+        );
+        while p.in_flight() > 0 {
+            p.service(&mut done, Some(Duration::from_secs(10))).unwrap();
+        }
+        let c = done.pop().unwrap();
+        assert_eq!(c.token, i);
+        match c.result {
+            Ok(res) => assert_eq!(res.status, ScsiStatus::GOOD),
+            Err(e) => assert!(e.to_string().contains("aborted"), "{e}"),
+        }
+    }
+    // Nothing in flight under that token: answered here, as the target would.
+    assert_eq!(p.abort(77).unwrap(), TmfResponse::TASK_DOES_NOT_EXIST);
+    assert_eq!(
+        p.task_management(TmfFunction::LOGICAL_UNIT_RESET, 1)
+            .unwrap(),
+        TmfResponse::COMPLETE
+    );
+    past_unit_attention(&mut p);
+    let d = seeded(98, 4096);
+    p.submit(1, write16(100, Bytes::from(d.clone()))).unwrap();
+    assert_eq!(
+        p.service(&mut done, Some(Duration::from_secs(10))).unwrap(),
+        1
+    );
+    assert_eq!(done.pop().unwrap().result.unwrap().status, ScsiStatus::GOOD);
+    let r = p.execute(extent_cmd(&[], (100, 8), false)).unwrap();
+    assert_eq!(r.data[..], d[..]);
     p.logout().unwrap();
 }

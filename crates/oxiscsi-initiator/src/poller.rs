@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use oxiscsi_proto::login::SessionType;
+use oxiscsi_proto::pdu::{Lun, TmfFunction, TmfResponse};
 use oxiscsi_proto::session::tags::TagTable;
-use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult};
+use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult, TaskId};
 
 use crate::config::SessionConfig;
-use crate::driver::{needs_rearm, route, Routed, LOGGED_OUT};
+use crate::driver::{needs_rearm, route, Outcome, Routed, LOGGED_OUT};
 use crate::error::Error;
 use crate::queue::{Completion, Rejected};
 use crate::rx::Reader;
@@ -76,11 +77,11 @@ pub struct Poller {
     stream: TcpStream,
     reader: Reader,
     tx: TxQueue,
-    /// The caller's token of each command in flight, by task id; None for the one
-    /// [`execute`](Poller::execute) waits for.
-    tokens: TagTable<Option<u64>>,
-    /// The outcome [`execute`](Poller::execute) waits for, once it came.
-    executed: Option<Result<ScsiResult, Error>>,
+    /// Who waits for each exchange in flight, by task id.
+    tokens: TagTable<Waiter>,
+    /// The outcome a blocking call ([`execute`](Poller::execute),
+    /// [`task_management`](Poller::task_management)) waits for, once it came.
+    answer: Option<Outcome>,
     /// Finished and not handed over yet.
     done: Vec<Completion>,
     queue_depth: usize,
@@ -139,7 +140,7 @@ impl Poller {
             stream,
             reader,
             tokens: TagTable::default(),
-            executed: None,
+            answer: None,
             done: Vec::new(),
             queue_depth: cfg.connection.queue_depth.max(1),
             drained: false,
@@ -208,10 +209,67 @@ impl Poller {
     /// command more than the queue depth, still within the target's command window.
     pub fn execute(&mut self, cmd: Command) -> Result<ScsiResult, Error> {
         self.start(None, cmd)?;
+        self.answer().and_then(scsi_outcome)
+    }
+
+    /// Ask the target to abort the command submitted with `token` (ABORT TASK, RFC 7143
+    /// §11.5) and wait for its answer (at most the connection's abort timeout). The
+    /// command itself still comes back through [`service`](Self::service): failed as
+    /// aborted, or with its outcome when the target had already finished it. A command
+    /// that is no longer in flight (finished, or never submitted) gets
+    /// `TASK_DOES_NOT_EXIST` without asking the target, which is what it would answer.
+    pub fn abort(&mut self, token: u64) -> Result<TmfResponse, Error> {
+        let found = self.tokens.iter().find_map(|(itt, w)| match w {
+            Waiter::Queued { token: t, lun } if *t == token => Some((TaskId(*itt), *lun)),
+            _ => None,
+        });
+        let Some((id, lun)) = found else {
+            return Ok(TmfResponse::TASK_DOES_NOT_EXIST);
+        };
+        self.tmf(TmfFunction::ABORT_TASK, lun, Some(id))
+    }
+
+    /// A task management function for a whole LUN or the target (ABORT TASK SET, LUN
+    /// RESET, TARGET WARM RESET, ...; use [`abort`](Self::abort) for one command), waiting
+    /// for the target's answer. Commands it ends come back through
+    /// [`service`](Self::service).
+    pub fn task_management(
+        &mut self,
+        function: TmfFunction,
+        lun: u16,
+    ) -> Result<TmfResponse, Error> {
+        self.tmf(function, Lun::from_number(lun), None)
+    }
+
+    fn tmf(
+        &mut self,
+        function: TmfFunction,
+        lun: Lun,
+        referenced: Option<TaskId>,
+    ) -> Result<TmfResponse, Error> {
+        if let Some(why) = &self.closed {
+            return Err(Error::Closed(why.clone()));
+        }
+        let id = self
+            .conn
+            .submit_tmf(Instant::now(), function, lun, referenced)
+            .map_err(Error::Task)?;
+        self.tokens.insert(id.0, Waiter::Blocking);
+        self.settle();
+        match self.answer()? {
+            Outcome::Tmf(r) => r.map_err(|e| *e),
+            other => scsi_outcome(other).and(Err(Error::Closed(
+                "the session answered a task management request with a SCSI outcome".into(),
+            ))),
+        }
+    }
+
+    /// Run the session until the outcome a blocking call waits for comes.
+    fn answer(&mut self) -> Result<Outcome, Error> {
         loop {
             self.pass();
-            if let Some(r) = self.executed.take() {
-                return r;
+            if let Some(o) = self.answer.take() {
+                return Ok(o);
             }
             if let Some(why) = &self.closed {
                 return Err(Error::Closed(why.clone()));
@@ -234,9 +292,14 @@ impl Poller {
                 command: Some(cmd),
             });
         }
+        let lun = cmd.lun;
         match self.conn.submit(Instant::now(), cmd) {
             Ok(id) => {
-                self.tokens.insert(id.0, token);
+                let waiter = match token {
+                    Some(token) => Waiter::Queued { token, lun },
+                    None => Waiter::Blocking,
+                };
+                self.tokens.insert(id.0, waiter);
                 self.settle();
                 Ok(())
             }
@@ -447,11 +510,11 @@ impl Poller {
         while let Some(ev) = self.conn.poll_event() {
             match route(ev, &self.span, &self.info.portal) {
                 Routed::Done(id, outcome) => match self.tokens.remove(&id.0) {
-                    Some(Some(token)) => self.done.push(Completion {
+                    Some(Waiter::Queued { token, .. }) => self.done.push(Completion {
                         token,
                         result: scsi_outcome(outcome),
                     }),
-                    Some(None) => self.executed = Some(scsi_outcome(outcome)),
+                    Some(Waiter::Blocking) => self.answer = Some(outcome),
                     None => {}
                 },
                 Routed::LoggedOut => {
@@ -477,22 +540,34 @@ impl Poller {
             .failure
             .take()
             .unwrap_or_else(|| "connection closed".into());
-        for (_, token) in self.tokens.drain() {
-            let result = Err(Error::Closed(why.clone()));
-            match token {
-                Some(token) => self.done.push(Completion { token, result }),
-                None => self.executed = Some(result),
+        for (_, waiter) in self.tokens.drain() {
+            let error = Error::Closed(why.clone());
+            match waiter {
+                Waiter::Queued { token, .. } => self.done.push(Completion {
+                    token,
+                    result: Err(error),
+                }),
+                Waiter::Blocking => self.answer = Some(Outcome::Scsi(Err(Box::new(error)))),
             }
         }
         self.closed = Some(why);
     }
 }
 
+/// Who waits for an exchange in flight.
+enum Waiter {
+    /// A command from [`Poller::submit`]: its completion goes to `service` with `token`.
+    Queued { token: u64, lun: Lun },
+    /// The exchange a blocking call waits for.
+    Blocking,
+}
+
 /// Waiting for the session's socket and timer: one epoll instance watching both, set up
 /// once (`poll` registered with the socket's wait queue on every call), edge-triggered
 /// (level-triggered, every wait looked at the socket once more after it was read dry:
 /// ~0.5K kernel instructions per I/O at 4K QD1), so the socket is waited for only after
-/// a read came back short or empty, which leaves nothing unread for an edge to miss. The session's deadlines are not a timeout of the wait (that arms and cancels
+/// a read came back short or empty, which leaves nothing unread for an edge to miss.
+/// The session's deadlines are not a timeout of the wait (that arms and cancels
 /// a kernel timer each time: ~1.5K kernel instructions per I/O at 4K QD1) but a
 /// timerfd, set again only when the deadline comes earlier (see [`needs_rearm`]).
 struct Events {
