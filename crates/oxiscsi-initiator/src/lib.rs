@@ -12,6 +12,8 @@ mod discovery;
 mod driver;
 mod error;
 mod limits;
+// epoll and timerfd, as the session's deadlines (`time`) use on Linux.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 mod poller;
 mod queue;
 mod rx;
@@ -28,6 +30,7 @@ pub use error::Error;
 pub use limits::raise_fd_limit;
 pub use oxiscsi_proto as proto;
 pub use oxiscsi_scsi as scsi;
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub use poller::Poller;
 pub use queue::{Completion, Queue, Rejected};
 pub use session::{Pending, Session, SessionInfo};

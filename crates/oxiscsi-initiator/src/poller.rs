@@ -109,7 +109,7 @@ impl std::fmt::Debug for Poller {
             .field("portal", &self.info.portal)
             .field("isid", &self.info.isid)
             .field("tsih", &self.info.tsih)
-            .field("in_flight", &self.tokens.len())
+            .field("in_flight", &self.in_flight())
             .finish()
     }
 }
@@ -127,6 +127,15 @@ impl Poller {
             after_login(crate::limits::fd_error(
                 "cannot take the session's socket over from tokio",
                 e,
+            ))
+        })?;
+        // Every read and write must return at once (waits go through `Events`, which
+        // have deadlines); tokio hands the socket over non-blocking, but say so here
+        // rather than depend on it.
+        stream.set_nonblocking(true).map_err(|e| {
+            after_login(std::io::Error::new(
+                e.kind(),
+                format!("cannot make the session's socket non-blocking: {e}"),
             ))
         })?;
         let events = Events::new(stream.as_raw_fd()).map_err(after_login)?;

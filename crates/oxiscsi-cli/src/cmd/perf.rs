@@ -457,9 +457,10 @@ async fn queue_worker(
     wk
 }
 
-/// The default (`--api poller`): as [`queue_worker`], on a thread of its own that drives its session
-/// itself ([`Poller::service`]), with no task, lock or wake-up between the socket and
-/// this loop.
+/// The default (`--api poller`): as [`queue_worker`], on a thread of its own that
+/// drives its session itself ([`Poller::service`]), with no task, lock or wake-up
+/// between the socket and this loop. The run's setup (capacity, checks) happened on a
+/// `Session` beforehand, logged out before this one starts.
 fn poller_worker(
     p: Poller,
     load: Load,
