@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How close to `oxiscsi perf` can a FUSE + loop block device get on 1M sequential writes,
+and how much of the gap is oxiscsid's? Same run, rounds interleaved:
+
+- `oxiscsi perf --api queue --write` against our target (as in blockdev_vs_perf.py);
+- fio on the loop device of oxiscsid's LUN file (the same target);
+- fio on loop devices over `fuse_ceiling` servers (crates/oxiscsi-admin/examples/
+  fuse_ceiling.rs): FUSE servers that move a WRITE's bytes to a TCP sink and answer it,
+  no iSCSI, one thread; one per payload mode (read, copy, pool, splice; see the example).
+
+    cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin
+    python3 bench/fuse_ceiling.py [--rounds 9] [--seconds 3] [--modes read,copy,pool,splice] [--write-md]
+
+Client side (perf, oxiscsid, the ceiling servers, fio) pinned to CPU 0; our target and the
+sink pinned to CPU 1. The ceiling servers take WRITEs of up to 512 KiB (see the example);
+oxiscsid takes 1 MiB, and the loop device splits a 1M I/O at 640 KiB either way. The
+per-round ratio perf/x is the metric: this VM's speed changes between rounds (phases up
+to 2x), and the two sides of one round see the same phase."""
+import argparse, os, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, make_lun, remove_lun, write_section  # noqa: E402
+import blockdev_vs_perf as bd  # noqa: E402
+
+CEIL = os.path.join(ROOT, "target", "release", "examples", "fuse_ceiling")
+BS, QD = 1 << 20, 8
+
+
+def wait_for(cond, what, secs=10):
+    for _ in range(int(secs / 0.05)):
+        if cond():
+            return
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--modes", default="read,copy,pool,splice")
+    ap.add_argument("--write-md", action="store_true")
+    a = ap.parse_args()
+    for b in (bd.OX, bd.OXD, bd.ADM, CEIL):
+        if not os.path.exists(b):
+            sys.exit(f"build first: {b} is missing "
+                     "(cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin)")
+    modes = [m for m in a.modes.split(",") if m]
+    work, lun = make_lun(1024)
+    port, sink_port = free_port(), free_port()
+    root = tempfile.mkdtemp(prefix="oxceil-")
+    tgt = subprocess.Popen(["taskset", "-c", bd.TGT_CPU, bd.OX, "target", "--listen", f"127.0.0.1:{port}",
+                            "--iqn", bd.IQN, "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    sink = subprocess.Popen(["taskset", "-c", bd.TGT_CPU, CEIL, "sink", f"127.0.0.1:{sink_port}"])
+    daemon, servers, loops, mnts = None, [], [], []
+    adm = lambda *x: subprocess.run([bd.ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        daemon = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, bd.OXD, "-f", "--root", root],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: os.path.exists(os.path.join(root, "run", "oxiscsid.sock")), "oxiscsid")
+        adm("-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{port}")
+        adm("-m", "node", "-T", bd.IQN, "-l")
+        devs = {"oxiscsid": (os.readlink(os.path.join(
+            root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{bd.IQN}-lun-1")), daemon.pid)}
+        for m in modes:
+            mnt = tempfile.mkdtemp(prefix=f"ceil-{m}-")
+            mnts.append(mnt)
+            s = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, CEIL, "serve", mnt, f"127.0.0.1:{sink_port}", m])
+            servers.append(s)
+            wait_for(lambda: subprocess.run(["mountpoint", "-q", mnt]).returncode == 0, f"the {m} server's mount")
+            loop = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", os.path.join(mnt, "lun")],
+                                  stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+            loops.append(loop)
+            devs[f"ceiling {m}"] = (loop, s.pid)
+        url = f"iscsi://127.0.0.1:{port}/{bd.IQN}/1"
+        kinds = ["perf"] + list(devs)
+        res = {k: [] for k in kinds}
+        for i in range(a.rounds):
+            for k in (kinds if i % 2 == 0 else list(reversed(kinds))):
+                if k == "perf":
+                    iops, _ = bd.perf(url, BS, QD, False, True, a.seconds)
+                else:
+                    iops, _ = bd.fio(devs[k][0], "io_uring", BS, QD, False, True, a.seconds, devs[k][1])
+                res[k].append(iops * BS / (1 << 20))
+            print(f"round {i}: " + ", ".join(f"{k} {res[k][-1]:.0f}" for k in kinds), flush=True)
+        adm("-m", "node", "-T", bd.IQN, "-u")
+    finally:
+        for loop in loops:
+            subprocess.run(["losetup", "-d", loop])
+        for mnt in mnts:
+            subprocess.run(["umount", mnt])
+        for s in servers:
+            try:
+                s.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                s.kill()
+                s.wait()
+        for mnt in mnts:
+            os.rmdir(mnt)
+        if daemon:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        for p in (tgt, sink):
+            p.kill()
+            p.wait()
+        remove_lun(work, lun)
+        subprocess.run(["rm", "-rf", root])
+    md = render(res, a)
+    print(md)
+    if a.write_md:
+        write_section("fuse-ceiling", md)
+
+
+def render(res, a):
+    fio_v = subprocess.run(["fio", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
+    L = [
+        "## The FUSE ceiling: 1M sequential writes QD8 through loop + FUSE servers that only move bytes",
+        "",
+        f"Same run, {a.rounds} rounds x {a.seconds} s, interleaved (order reversed every other round); "
+        f"client side on CPU 0, our target and the TCP sink on CPU 1; {fio_v} io_uring --direct=1. "
+        "Ratio = `oxiscsi perf` MiB/s / this row's MiB/s in the same round (1.00 = no overhead), median "
+        "and best of the rounds. `ceiling` rows: `fuse_ceiling` (crates/oxiscsi-admin/examples), which "
+        "sends each WRITE's payload to a TCP sink and answers it: no iSCSI, no target.",
+        "",
+        "| path | MiB/s median | ratio median | ratio best |",
+        "|---|---|---|---|",
+    ]
+    for k, v in res.items():
+        if k == "perf":
+            L.append(f"| oxiscsi perf | {statistics.median(v):.0f} | 1.00 | 1.00 |")
+            continue
+        r = sorted(p / x for p, x in zip(res["perf"], v) if x > 0)
+        L.append(f"| fio via {k} | {statistics.median(v):.0f} | {statistics.median(r):.2f} | {r[0]:.2f} |")
+    L += ["", "Commands: `cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin && "
+          f"python3 bench/fuse_ceiling.py --rounds {a.rounds} --seconds {a.seconds} --modes {a.modes} --write-md`"]
+    return "\n".join(L)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+//! The ceiling of a FUSE block-device path on this kernel: a FUSE server that does
+//! nothing with a WRITE but move its bytes to a TCP socket and answer it. No iSCSI, no
+//! runtime, one thread. `bench/fuse_ceiling.py` puts a loop device over its file and
+//! runs fio's 1M sequential writes through it, beside oxiscsid and `oxiscsi perf` on
+//! the same machine, so the gap between oxiscsid and this is what oxiscsid's design
+//! costs, and the gap between this and `oxiscsi perf` is what FUSE + loop cost anyway.
+//!
+//! ```text
+//! fuse_ceiling sink ADDR                 read and drop whatever is sent to ADDR
+//! fuse_ceiling serve MNT ADDR MODE [MIB] one file MNT/lun of MIB MiB (default 1024)
+//! ```
+//!
+//! MODE is how a WRITE's payload reaches the socket:
+//! - `read`: read(2) from /dev/fuse into one buffer, send from it (no copy of ours);
+//! - `copy`: as `read`, then copied into a second buffer and sent from that (what
+//!   oxiscsid does: fuser lends the payload, the session needs it owned);
+//! - `pool`: read into 16 buffers in turn (a payload kept until the target answers
+//!   needs a buffer of its own), send from it;
+//! - `splice`: splice(2) /dev/fuse -> pipe -> socket (the kernel copies the payload
+//!   into pipe pages; the socket takes those pages without a copy).
+//!
+//! Linux only; run as root (mount(2)). Reads return zeros. The mount goes away when the
+//! server is killed or `umount MNT` runs.
+
+#[cfg(target_os = "linux")]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("sink") if args.len() == 2 => linux::sink(&args[1]),
+        Some("serve") if (4..=5).contains(&args.len()) => {
+            let mib = args.get(4).map_or(Ok(1024), |v| v.parse::<u64>());
+            match (linux::Mode::parse(&args[3]), mib) {
+                (Some(mode), Ok(mib)) => linux::serve(&args[1], &args[2], mode, mib << 20),
+                _ => Err(format!("bad MODE {:?} or MIB {:?}", args[3], args.get(4))),
+            }
+        }
+        _ => {
+            Err("usage: fuse_ceiling sink ADDR | serve MNT ADDR read|copy|pool|splice [MIB]".into())
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("fuse_ceiling: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("fuse_ceiling: Linux only");
+    std::process::exit(1);
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::ffi::CString;
+    use std::fs::OpenOptions;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    /// `struct fuse_in_header` (linux/fuse.h).
+    const IN_HEADER: usize = 40;
+    /// `struct fuse_write_in`.
+    const WRITE_IN: usize = 40;
+    /// Largest WRITE we take: 512 KiB, so that a whole request fits a pipe of 1 MiB
+    /// (the default pipe-max-size; the kernel refuses a splice that does not fit).
+    const MAX_WRITE: usize = 512 << 10;
+    const BUF: usize = MAX_WRITE + 4096;
+    const POOL: usize = 16;
+    // Opcodes (linux/fuse.h).
+    const LOOKUP: u32 = 1;
+    const GETATTR: u32 = 3;
+    const OPEN: u32 = 14;
+    const READ: u32 = 15;
+    const WRITE: u32 = 16;
+    const RELEASE: u32 = 18;
+    const FSYNC: u32 = 20;
+    const FLUSH: u32 = 25;
+    const INIT: u32 = 26;
+    const OPENDIR: u32 = 27;
+    const RELEASEDIR: u32 = 29;
+    const DESTROY: u32 = 38;
+    /// Requests that get no answer: FORGET, INTERRUPT, BATCH_FORGET.
+    const NO_REPLY: [u32; 3] = [2, 36, 42];
+    // INIT flags: ASYNC_READ, BIG_WRITES, ASYNC_DIO, MAX_PAGES (as oxiscsid asks).
+    const INIT_FLAGS: u32 = 1 | 1 << 5 | 1 << 15 | 1 << 22;
+    const FOPEN_DIRECT_IO: u32 = 1;
+    const LUN_INO: u64 = 2;
+
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub enum Mode {
+        Read,
+        Copy,
+        Pool,
+        Splice,
+    }
+
+    impl Mode {
+        pub fn parse(s: &str) -> Option<Mode> {
+            Some(match s {
+                "read" => Mode::Read,
+                "copy" => Mode::Copy,
+                "pool" => Mode::Pool,
+                "splice" => Mode::Splice,
+                _ => return None,
+            })
+        }
+    }
+
+    fn os_err(what: &str) -> String {
+        format!("{what}: {}", std::io::Error::last_os_error())
+    }
+
+    pub fn sink(addr: &str) -> Result<(), String> {
+        let l = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        for s in l.incoming() {
+            let mut s = s.map_err(|e| format!("accept: {e}"))?;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+        Ok(())
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
+        b.get(at..at + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| format!("request too short for a field at byte {at}"))
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
+        b.get(at..at + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| format!("request too short for a field at byte {at}"))
+    }
+
+    /// `struct fuse_attr`.
+    fn attr(out: &mut Vec<u8>, ino: u64, size: u64) {
+        let dir = ino == 1;
+        out.extend(ino.to_le_bytes());
+        out.extend(size.to_le_bytes());
+        out.extend(size.div_ceil(512).to_le_bytes());
+        out.extend([0u8; 3 * 8 + 3 * 4]); // a/m/ctime and their nanoseconds
+        let mode: u32 = if dir { 0o040755 } else { 0o100600 };
+        for v in [mode, if dir { 2 } else { 1 }, 0, 0, 0, 4096, 0] {
+            out.extend(v.to_le_bytes()); // mode nlink uid gid rdev blksize flags
+        }
+    }
+
+    fn reply(dev: RawFd, unique: u64, error: i32, body: &[u8]) -> Result<(), String> {
+        let mut m = Vec::with_capacity(16 + body.len());
+        m.extend(((16 + body.len()) as u32).to_le_bytes());
+        m.extend(error.to_le_bytes());
+        m.extend(unique.to_le_bytes());
+        m.extend(body);
+        // SAFETY: writes `m.len()` bytes from a live buffer to an open descriptor.
+        let r = unsafe { libc::write(dev, m.as_ptr().cast(), m.len()) };
+        // ENOENT: the request was interrupted meanwhile; nothing to answer.
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            return Err(os_err("answer to /dev/fuse"));
+        }
+        Ok(())
+    }
+
+    fn read_exact_fd(fd: RawFd, buf: &mut [u8]) -> Result<(), String> {
+        let mut got = 0;
+        while got < buf.len() {
+            // SAFETY: reads into the unfilled tail of a live buffer.
+            let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+            if n <= 0 {
+                return Err(os_err("read from the pipe"));
+            }
+            got += n as usize;
+        }
+        Ok(())
+    }
+
+    fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> isize {
+        // SAFETY: splice(2) between two open descriptors; no memory is passed.
+        unsafe {
+            let null = std::ptr::null_mut();
+            libc::splice(from, null, to, null, len, flags)
+        }
+    }
+
+    fn mount(mnt: &str, dev: RawFd) -> Result<(), String> {
+        let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
+        let opts = c(&format!(
+            "fd={dev},rootmode=40000,user_id=0,group_id=0,allow_other"
+        ))?;
+        let (src, fstype, target) = (c("fuse_ceiling")?, c("fuse.fuse_ceiling")?, c(mnt)?);
+        // SAFETY: all pointers are NUL-terminated strings alive for the call.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(os_err(&format!("cannot mount FUSE on {mnt} (root?)")));
+        }
+        Ok(())
+    }
+
+    pub fn serve(mnt: &str, addr: &str, mode: Mode, size: u64) -> Result<(), String> {
+        let devf = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+        let dev = devf.as_raw_fd();
+        let mut sock =
+            TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        sock.set_nodelay(true)
+            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+        mount(mnt, dev)?;
+        let mut pipe = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills the two-element array.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(os_err("pipe2"));
+        }
+        // SAFETY: both descriptors were just created and are owned here alone.
+        let (pr, pw) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+        if mode == Mode::Splice
+            // SAFETY: F_SETPIPE_SZ on an open pipe.
+            && unsafe { libc::fcntl(pr.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) } < 0
+        {
+            return Err(os_err("cannot make the pipe 1 MiB"));
+        }
+        let mut pool: Vec<Vec<u8>> = (0..POOL).map(|_| vec![0u8; BUF]).collect();
+        let mut turn = 0;
+        let mut second = vec![0u8; MAX_WRITE];
+        let zeros = vec![0u8; MAX_WRITE];
+        let (mut writes, mut bytes, mut inited) = (0u64, 0u64, false);
+        let t0 = std::time::Instant::now();
+        loop {
+            if mode == Mode::Pool {
+                turn = (turn + 1) % POOL;
+            }
+            let buf = &mut pool[if mode == Mode::Pool { turn } else { 0 }];
+            // The kernel takes splice reads only once INIT has set max_write.
+            let split = mode == Mode::Splice && inited;
+            let n = if split {
+                splice(dev, pw.as_raw_fd(), BUF, 0)
+            } else {
+                // SAFETY: reads into a live buffer of BUF bytes.
+                unsafe { libc::read(dev, buf.as_mut_ptr().cast(), BUF) }
+            };
+            if n <= 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::ENOENT) if n < 0 => continue,
+                    Some(libc::ENODEV) => break, // unmounted
+                    _ if n == 0 => break,
+                    _ => return Err(os_err("read from /dev/fuse")),
+                }
+            }
+            let n = n as usize;
+            if n < IN_HEADER {
+                return Err(format!("request of {n} bytes is shorter than its header"));
+            }
+            if split {
+                read_exact_fd(pr.as_raw_fd(), &mut buf[..IN_HEADER])?;
+            }
+            let opcode = u32_at(buf, 4)?;
+            let unique = u64_at(buf, 8)?;
+            let nodeid = u64_at(buf, 16)?;
+            if split {
+                // The arguments into the buffer; a WRITE's payload stays in the pipe.
+                let args = if opcode == WRITE {
+                    WRITE_IN
+                } else {
+                    n - IN_HEADER
+                };
+                let end = IN_HEADER + args;
+                if end > buf.len() {
+                    return Err(format!("request of {n} bytes does not fit"));
+                }
+                read_exact_fd(pr.as_raw_fd(), &mut buf[IN_HEADER..end])?;
+            }
+            let args = &buf[IN_HEADER..n.min(buf.len())];
+            let mut out = Vec::new();
+            match opcode {
+                INIT => {
+                    out.extend(7u32.to_le_bytes());
+                    out.extend(31u32.to_le_bytes());
+                    out.extend(u32_at(args, 8)?.to_le_bytes()); // max_readahead as asked
+                    out.extend(INIT_FLAGS.to_le_bytes());
+                    out.extend(256u16.to_le_bytes()); // max_background
+                    out.extend(192u16.to_le_bytes()); // congestion_threshold
+                    out.extend((MAX_WRITE as u32).to_le_bytes());
+                    out.extend(1u32.to_le_bytes()); // time_gran
+                    out.extend(((MAX_WRITE / 4096) as u16).to_le_bytes()); // max_pages
+                    out.resize(64, 0);
+                    reply(dev, unique, 0, &out)?;
+                    inited = true;
+                }
+                LOOKUP => {
+                    let name = args.split(|&c| c == 0).next().unwrap_or_default();
+                    if nodeid != 1 || name != b"lun" {
+                        reply(dev, unique, -libc::ENOENT, &[])?;
+                        continue;
+                    }
+                    out.extend(LUN_INO.to_le_bytes());
+                    out.extend([0u8; 8]); // generation
+                    out.extend(1u64.to_le_bytes()); // entry_valid
+                    out.extend(1u64.to_le_bytes()); // attr_valid
+                    out.extend([0u8; 8]); // their nanoseconds
+                    attr(&mut out, LUN_INO, size);
+                    reply(dev, unique, 0, &out)?;
+                }
+                GETATTR => {
+                    out.extend(1u64.to_le_bytes());
+                    out.extend([0u8; 8]);
+                    attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
+                    reply(dev, unique, 0, &out)?;
+                }
+                OPEN | OPENDIR => {
+                    out.extend([0u8; 8]); // fh
+                    let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
+                    out.extend(flags.to_le_bytes());
+                    out.extend([0u8; 4]);
+                    reply(dev, unique, 0, &out)?;
+                }
+                READ => {
+                    let len = (u32_at(args, 16)? as usize).min(zeros.len());
+                    reply(dev, unique, 0, &zeros[..len])?;
+                }
+                WRITE => {
+                    let len = u32_at(args, 16)? as usize;
+                    if len > MAX_WRITE {
+                        return Err(format!("WRITE of {len} bytes above max_write"));
+                    }
+                    // What an iSCSI command header would take on the wire.
+                    let mut hdr = [0u8; 48];
+                    hdr[0] = 1;
+                    hdr[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+                    if split {
+                        let more = libc::MSG_MORE;
+                        // SAFETY: sends 48 bytes from a live array on an open socket.
+                        let r =
+                            unsafe { libc::send(sock.as_raw_fd(), hdr.as_ptr().cast(), 48, more) };
+                        if r != 48 {
+                            return Err(os_err("send"));
+                        }
+                        let mut left = len;
+                        while left > 0 {
+                            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+                            let k = splice(pr.as_raw_fd(), sock.as_raw_fd(), left, flags);
+                            if k <= 0 {
+                                return Err(os_err("splice to the socket"));
+                            }
+                            left -= k as usize;
+                        }
+                    } else {
+                        let from = IN_HEADER + WRITE_IN;
+                        let payload = buf
+                            .get(from..from + len)
+                            .ok_or_else(|| format!("WRITE of {len} bytes in a {n}-byte request"))?;
+                        let payload = if mode == Mode::Copy {
+                            second[..len].copy_from_slice(payload);
+                            &second[..len]
+                        } else {
+                            payload
+                        };
+                        sock.write_all(&hdr)
+                            .and_then(|()| sock.write_all(payload))
+                            .map_err(|e| format!("send: {e}"))?;
+                    }
+                    writes += 1;
+                    bytes += len as u64;
+                    out.extend((len as u32).to_le_bytes());
+                    out.extend([0u8; 4]);
+                    reply(dev, unique, 0, &out)?;
+                }
+                RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
+                DESTROY => {
+                    reply(dev, unique, 0, &[])?;
+                    break;
+                }
+                op if NO_REPLY.contains(&op) => {}
+                _ => reply(dev, unique, -libc::ENOSYS, &[])?,
+            }
+        }
+        eprintln!(
+            "fuse_ceiling {mode:?}: {writes} writes, {} MiB in {:.1} s",
+            bytes >> 20,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
