@@ -6,7 +6,9 @@ and how much of the gap is oxiscsid's? Same run, rounds interleaved:
 - fio on the loop device of oxiscsid's LUN file (the same target);
 - fio on loop devices over `fuse_ceiling` servers (crates/oxiscsi-admin/examples/
   fuse_ceiling.rs): FUSE servers that move a WRITE's bytes to a TCP sink and answer it,
-  no iSCSI, one thread; one per payload mode (read, copy, pool, splice; see the example).
+  no iSCSI, one thread; one per payload mode (read, copy, pool, splice; see the example);
+- fio on a loop device over `fuse_ceiling ... iscsi`: the same one-thread FUSE loop
+  driving an iSCSI session (a Poller) to the same target as oxiscsid.
 
     cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin
     python3 bench/fuse_ceiling.py [--rounds 9] [--seconds 3] [--modes read,copy,pool,splice] [--write-md]
@@ -38,7 +40,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--modes", default="read,copy,pool,splice")
+    ap.add_argument("--modes", default="read,copy,pool,splice,iscsi")
     ap.add_argument("--write-md", action="store_true")
     a = ap.parse_args()
     for b in (bd.OX, bd.OXD, bd.ADM, CEIL):
@@ -67,7 +69,8 @@ def main():
         for m in modes:
             mnt = tempfile.mkdtemp(prefix=f"ceil-{m}-")
             mnts.append(mnt)
-            s = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, CEIL, "serve", mnt, f"127.0.0.1:{sink_port}", m])
+            peer = f"iscsi://127.0.0.1:{port}/{bd.IQN}/1" if m == "iscsi" else f"127.0.0.1:{sink_port}"
+            s = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, CEIL, "serve", mnt, peer, m])
             servers.append(s)
             wait_for(lambda: subprocess.run(["mountpoint", "-q", mnt]).returncode == 0, f"the {m} server's mount")
             loop = subprocess.run(["losetup", "--direct-io=on", "-f", "--show", os.path.join(mnt, "lun")],
@@ -120,13 +123,14 @@ def main():
 def render(res, a):
     fio_v = subprocess.run(["fio", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()
     L = [
-        "## The FUSE ceiling: 1M sequential writes QD8 through loop + FUSE servers that only move bytes",
+        "## The FUSE ceiling: 1M sequential writes QD8 through loop + one-thread FUSE servers",
         "",
         f"Same run, {a.rounds} rounds x {a.seconds} s, interleaved (order reversed every other round); "
         f"client side on CPU 0, our target and the TCP sink on CPU 1; {fio_v} io_uring --direct=1. "
         "Ratio = `oxiscsi perf` MiB/s / this row's MiB/s in the same round (1.00 = no overhead), median "
         "and best of the rounds. `ceiling` rows: `fuse_ceiling` (crates/oxiscsi-admin/examples), which "
-        "sends each WRITE's payload to a TCP sink and answers it: no iSCSI, no target.",
+        "sends each WRITE's payload to a TCP sink and answers it (no iSCSI, no target), or with `iscsi` "
+        "writes it to the same target as oxiscsid through a Poller on its one thread.",
         "",
         "| path | MiB/s median | ratio median | ratio best |",
         "|---|---|---|---|",

@@ -1,32 +1,39 @@
-//! The ceiling of a FUSE block-device path on this kernel: a FUSE server that does
-//! nothing with a WRITE but move its bytes to a TCP socket and answer it. No iSCSI, no
-//! runtime, one thread. `bench/fuse_ceiling.py` puts a loop device over its file and
-//! runs fio's 1M sequential writes through it, beside oxiscsid and `oxiscsi perf` on
-//! the same machine, so the gap between oxiscsid and this is what oxiscsid's design
-//! costs, and the gap between this and `oxiscsi perf` is what FUSE + loop cost anyway.
+//! The ceiling of a FUSE block-device path on this kernel, and a one-thread iSCSI
+//! design under it. A FUSE server with one file, on /dev/fuse directly (libc, no fuser,
+//! no runtime, one thread). `bench/fuse_ceiling.py` puts a loop device over its file and
+//! runs fio's 1M sequential writes through it, beside oxiscsid and `oxiscsi perf` on the
+//! same target, same run.
 //!
 //! ```text
-//! fuse_ceiling sink ADDR                 read and drop whatever is sent to ADDR
-//! fuse_ceiling serve MNT ADDR MODE [MIB] one file MNT/lun of MIB MiB (default 1024)
+//! fuse_ceiling sink ADDR                  read and drop whatever is sent to ADDR
+//! fuse_ceiling serve MNT ADDR MODE [MIB]  one file MNT/lun of MIB MiB (default 1024)
+//! fuse_ceiling serve MNT URL iscsi        one file MNT/lun: the LUN of iscsi://URL
 //! ```
 //!
-//! MODE is how a WRITE's payload reaches the socket:
+//! MODE is how a WRITE's payload reaches a TCP sink (no iSCSI; each WRITE is answered
+//! as soon as it is sent):
 //! - `read`: read(2) from /dev/fuse into one buffer, send from it (no copy of ours);
 //! - `copy`: as `read`, then copied into a second buffer and sent from that (what
 //!   oxiscsid does: fuser lends the payload, the session needs it owned);
-//! - `pool`: read into 16 buffers in turn (a payload kept until the target answers
-//!   needs a buffer of its own), send from it;
+//! - `pool`: read into 16 buffers in turn, send from it;
 //! - `splice`: splice(2) /dev/fuse -> pipe -> socket (the kernel copies the payload
 //!   into pipe pages; the socket takes those pages without a copy).
 //!
-//! Linux only; run as root (mount(2)). Reads return zeros. The mount goes away when the
-//! server is killed or `umount MNT` runs.
+//! `iscsi` is the real thing on one thread: READ and WRITE go to the target through a
+//! [`Poller`](oxiscsi_initiator::Poller) serviced by the same poll(2) loop as /dev/fuse;
+//! a WRITE is answered when the target answers it. See [`linux::serve_iscsi`].
+//!
+//! Linux only; run as root (mount(2)). In the sink modes reads return zeros. The mount
+//! goes away when the server is killed or `umount MNT` runs.
 
 #[cfg(target_os = "linux")]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("sink") if args.len() == 2 => linux::sink(&args[1]),
+        Some("serve") if args.len() == 4 && args[3] == "iscsi" => {
+            linux::serve_iscsi(&args[1], &args[2])
+        }
         Some("serve") if (4..=5).contains(&args.len()) => {
             let mib = args.get(4).map_or(Ok(1024), |v| v.parse::<u64>());
             match (linux::Mode::parse(&args[3]), mib) {
@@ -49,6 +56,10 @@ fn main() {
     eprintln!("fuse_ceiling: Linux only");
     std::process::exit(1);
 }
+
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -392,6 +403,224 @@ mod linux {
             bytes >> 20,
             t0.elapsed().as_secs_f64()
         );
+        Ok(())
+    }
+
+    /// A request waiting for the target's answer.
+    struct Waiting {
+        unique: u64,
+        write_len: Option<usize>,
+    }
+
+    /// WRITE and READ through an iSCSI session to the LUN of `url`: a `Poller` driven by
+    /// this thread's own poll(2) loop beside /dev/fuse. Each WRITE goes out whole as
+    /// immediate data (max_write 256 KiB, our target's FirstBurstLength and
+    /// MaxRecvDataSegmentLength) straight from the buffer /dev/fuse was read into, which
+    /// the command keeps until the target answers (so it could be sent again); the next
+    /// request is read only once the socket has taken the last.
+    pub fn serve_iscsi(mnt: &str, url: &str) -> Result<(), String> {
+        use bytes::BytesMut;
+        use oxiscsi_initiator::proto::pdu::{Lun, ScsiStatus};
+        use oxiscsi_initiator::proto::session::Command;
+        use oxiscsi_initiator::scsi::cdb::Cdb;
+        use oxiscsi_initiator::scsi::data::Capacity;
+        use oxiscsi_initiator::{Completion, IscsiUrl, Poller, SessionConfig};
+        const ISCSI_MAX_WRITE: usize = 256 << 10;
+        const DEPTH: usize = 64;
+
+        let u = IscsiUrl::parse(url).map_err(|e| e.to_string())?;
+        let target = u.target.clone().ok_or("the URL names no target")?;
+        let lun = Lun::from_number(u.lun.unwrap_or(0));
+        let mut p = Poller::connect_blocking(SessionConfig::new(u.portal(), target))
+            .map_err(|e| e.to_string())?;
+        for _ in 0..5 {
+            let r = p
+                .execute(Command::new(lun, Cdb::TestUnitReady.to_bytes()))
+                .map_err(|e| e.to_string())?;
+            if r.status == ScsiStatus::GOOD {
+                break;
+            }
+        }
+        let r = p
+            .execute(Command::new(lun, Cdb::ReadCapacity10.to_bytes()).with_read(8))
+            .map_err(|e| e.to_string())?;
+        let cap = Capacity::parse10(&r.data).map_err(|e| e.to_string())?;
+        let (bs, size) = (u64::from(cap.block_size), cap.bytes());
+
+        let devf = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+        let dev = devf.as_raw_fd();
+        mount(mnt, dev)?;
+        let mut rbuf = BytesMut::with_capacity(BUF);
+        let mut waiting: std::collections::HashMap<u64, Waiting> = Default::default();
+        let mut done: Vec<Completion> = Vec::new();
+        let (mut next_token, mut writes) = (0u64, 0u64);
+        loop {
+            let take_fuse = !p.wants_write() && p.in_flight() < DEPTH;
+            let mut fds = [
+                libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLIN | if p.wants_write() { libc::POLLOUT } else { 0 },
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: dev,
+                    events: if take_fuse { libc::POLLIN } else { 0 },
+                    revents: 0,
+                },
+            ];
+            let timeout = p.deadline().map_or(-1, |d| {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+            });
+            // SAFETY: polls two pollfd structs in a live array.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(os_err("poll"));
+            }
+            let readable = fds[0].revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0;
+            p.service_ready(readable, &mut done)
+                .map_err(|e| e.to_string())?;
+            for c in done.drain(..) {
+                let Some(w) = waiting.remove(&c.token) else {
+                    continue;
+                };
+                match (c.result, w.write_len) {
+                    (Ok(r), Some(len)) if r.status == ScsiStatus::GOOD => {
+                        let mut out = (len as u32).to_le_bytes().to_vec();
+                        out.extend([0u8; 4]);
+                        reply(dev, w.unique, 0, &out)?;
+                    }
+                    (Ok(r), None) if r.status == ScsiStatus::GOOD => {
+                        reply(dev, w.unique, 0, &r.data)?
+                    }
+                    _ => reply(dev, w.unique, -libc::EIO, &[])?,
+                }
+            }
+            if fds[1].revents & libc::POLLIN == 0 {
+                if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    break;
+                }
+                continue;
+            }
+            rbuf.clear();
+            let spare = rbuf.spare_capacity_mut();
+            // SAFETY: reads at most `spare.len()` bytes into the buffer's spare room.
+            let n = unsafe { libc::read(dev, spare.as_mut_ptr().cast(), spare.len()) };
+            if n <= 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::ENOENT) | Some(libc::EAGAIN) if n < 0 => {
+                        continue
+                    }
+                    Some(libc::ENODEV) => break,
+                    _ if n == 0 => break,
+                    _ => return Err(os_err("read from /dev/fuse")),
+                }
+            }
+            let n = n as usize;
+            // SAFETY: the kernel wrote `n` bytes into the spare room.
+            unsafe { rbuf.set_len(n) };
+            if n < IN_HEADER {
+                return Err(format!("request of {n} bytes is shorter than its header"));
+            }
+            let opcode = u32_at(&rbuf, 4)?;
+            let unique = u64_at(&rbuf, 8)?;
+            let nodeid = u64_at(&rbuf, 16)?;
+            let args = &rbuf[IN_HEADER..];
+            let mut out = Vec::new();
+            match opcode {
+                INIT => {
+                    out.extend(7u32.to_le_bytes());
+                    out.extend(31u32.to_le_bytes());
+                    out.extend(u32_at(args, 8)?.to_le_bytes());
+                    out.extend(INIT_FLAGS.to_le_bytes());
+                    out.extend(256u16.to_le_bytes());
+                    out.extend(192u16.to_le_bytes());
+                    out.extend((ISCSI_MAX_WRITE as u32).to_le_bytes());
+                    out.extend(1u32.to_le_bytes());
+                    out.extend(((ISCSI_MAX_WRITE / 4096) as u16).to_le_bytes());
+                    out.resize(64, 0);
+                    reply(dev, unique, 0, &out)?;
+                }
+                LOOKUP => {
+                    let name = args.split(|&c| c == 0).next().unwrap_or_default();
+                    if nodeid != 1 || name != b"lun" {
+                        reply(dev, unique, -libc::ENOENT, &[])?;
+                        continue;
+                    }
+                    out.extend(LUN_INO.to_le_bytes());
+                    out.extend([0u8; 8]);
+                    out.extend(1u64.to_le_bytes());
+                    out.extend(1u64.to_le_bytes());
+                    out.extend([0u8; 8]);
+                    attr(&mut out, LUN_INO, size);
+                    reply(dev, unique, 0, &out)?;
+                }
+                GETATTR => {
+                    out.extend(1u64.to_le_bytes());
+                    out.extend([0u8; 8]);
+                    attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
+                    reply(dev, unique, 0, &out)?;
+                }
+                OPEN | OPENDIR => {
+                    out.extend([0u8; 8]);
+                    let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
+                    out.extend(flags.to_le_bytes());
+                    out.extend([0u8; 4]);
+                    reply(dev, unique, 0, &out)?;
+                }
+                READ | WRITE => {
+                    let offset = u64_at(args, 8)?;
+                    let len = u32_at(args, 16)? as usize;
+                    let blocks = u32::try_from(len as u64 / bs).unwrap_or(0);
+                    if !offset.is_multiple_of(bs) || !(len as u64).is_multiple_of(bs) || blocks == 0
+                    {
+                        reply(dev, unique, -libc::EIO, &[])?;
+                        continue;
+                    }
+                    let token = next_token;
+                    next_token += 1;
+                    let (cmd, write_len) = if opcode == READ {
+                        let c = Command::new(lun, Cdb::read(offset / bs, blocks).to_bytes())
+                            .with_read(len as u32);
+                        (c, None)
+                    } else {
+                        let from = IN_HEADER + WRITE_IN;
+                        if n < from + len {
+                            return Err(format!("WRITE of {len} bytes in a {n}-byte request"));
+                        }
+                        let whole = std::mem::take(&mut rbuf).freeze();
+                        let c =
+                            Command::new(lun, Cdb::write(offset / bs, blocks, false).to_bytes())
+                                .with_data_out(whole.slice(from..from + len));
+                        (c, Some(len))
+                    };
+                    p.submit(token, cmd).map_err(|r| r.error.to_string())?;
+                    p.flush().map_err(|e| e.to_string())?;
+                    if rbuf.capacity() < BUF {
+                        rbuf = BytesMut::with_capacity(BUF);
+                    }
+                    if write_len.is_some() {
+                        writes += 1;
+                    }
+                    waiting.insert(token, Waiting { unique, write_len });
+                }
+                RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
+                DESTROY => {
+                    reply(dev, unique, 0, &[])?;
+                    break;
+                }
+                op if NO_REPLY.contains(&op) => {}
+                _ => reply(dev, unique, -libc::ENOSYS, &[])?,
+            }
+        }
+        eprintln!("fuse_ceiling iscsi: {writes} writes");
+        let _ = p.logout();
         Ok(())
     }
 }
