@@ -446,6 +446,9 @@ mod linux {
             .map_err(|e| e.to_string())?;
         let cap = Capacity::parse10(&r.data).map_err(|e| e.to_string())?;
         let (bs, size) = (u64::from(cap.block_size), cap.bytes());
+        if bs == 0 {
+            return Err("the target reports a block size of 0".into());
+        }
 
         let devf = OpenOptions::new()
             .read(true)
