@@ -15,7 +15,7 @@ psync (QD1 rows) and io_uring. Client CPU per IO counts the client processes onl
 import argparse, json, os, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, make_lun, med, remove_lun, write_section  # noqa: E402
+from common import ROOT, free_port, make_lun, med, remove_lun, stop, write_section  # noqa: E402
 
 REL = os.path.join(ROOT, "target", "release")
 OX, OXD, ADM = (os.path.join(REL, b) for b in ("oxiscsi", "oxiscsid", "oxiscsiadm"))
@@ -125,12 +125,7 @@ def main():
         adm("-m", "node", "-T", IQN, "-u")
     finally:
         if daemon:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop(daemon)
         tgt.kill()
         tgt.wait()
         remove_lun(work, lun)

@@ -23,6 +23,16 @@ def sh(*args):
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def stop(p, timeout=30):
+    """SIGTERM `p` (a daemon that cleans up on it), SIGKILL it if it has not ended in time."""
+    p.terminate()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def med(rs, k):
     return statistics.median(r[k] for r in rs)
 

@@ -21,7 +21,7 @@ to 2x), and the two sides of one round see the same phase."""
 import argparse, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, make_lun, remove_lun, write_section  # noqa: E402
+from common import ROOT, free_port, make_lun, remove_lun, stop, write_section  # noqa: E402
 import blockdev_vs_perf as bd  # noqa: E402
 
 CEIL = os.path.join(ROOT, "target", "release", "examples", "fuse_ceiling")
@@ -103,12 +103,7 @@ def main():
         for mnt in mnts:
             os.rmdir(mnt)
         if daemon:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop(daemon)
         for p in (tgt, sink):
             p.kill()
             p.wait()

@@ -219,6 +219,80 @@ mod linux {
         Ok(())
     }
 
+    /// What [`answer_other`] did.
+    #[derive(PartialEq, Eq)]
+    enum Other {
+        Done,
+        /// INIT answered: max_write is set from now on.
+        Init,
+        /// DESTROY answered: the mount is going away.
+        Destroy,
+    }
+
+    /// Answer every request but READ and WRITE: the one-file filesystem's metadata.
+    fn answer_other(
+        dev: RawFd,
+        opcode: u32,
+        unique: u64,
+        nodeid: u64,
+        args: &[u8],
+        size: u64,
+        max_write: usize,
+    ) -> Result<Other, String> {
+        let mut out = Vec::new();
+        match opcode {
+            INIT => {
+                out.extend(7u32.to_le_bytes());
+                out.extend(31u32.to_le_bytes());
+                out.extend(u32_at(args, 8)?.to_le_bytes()); // max_readahead as asked
+                out.extend(INIT_FLAGS.to_le_bytes());
+                out.extend(256u16.to_le_bytes()); // max_background
+                out.extend(192u16.to_le_bytes()); // congestion_threshold
+                out.extend((max_write as u32).to_le_bytes());
+                out.extend(1u32.to_le_bytes()); // time_gran
+                out.extend(((max_write / 4096) as u16).to_le_bytes()); // max_pages
+                out.resize(64, 0);
+                reply(dev, unique, 0, &out)?;
+                return Ok(Other::Init);
+            }
+            LOOKUP => {
+                let name = args.split(|&c| c == 0).next().unwrap_or_default();
+                if nodeid != 1 || name != b"lun" {
+                    reply(dev, unique, -libc::ENOENT, &[])?;
+                    return Ok(Other::Done);
+                }
+                out.extend(LUN_INO.to_le_bytes());
+                out.extend([0u8; 8]); // generation
+                out.extend(1u64.to_le_bytes()); // entry_valid
+                out.extend(1u64.to_le_bytes()); // attr_valid
+                out.extend([0u8; 8]); // their nanoseconds
+                attr(&mut out, LUN_INO, size);
+                reply(dev, unique, 0, &out)?;
+            }
+            GETATTR => {
+                out.extend(1u64.to_le_bytes());
+                out.extend([0u8; 8]);
+                attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
+                reply(dev, unique, 0, &out)?;
+            }
+            OPEN | OPENDIR => {
+                out.extend([0u8; 8]); // fh
+                let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
+                out.extend(flags.to_le_bytes());
+                out.extend([0u8; 4]);
+                reply(dev, unique, 0, &out)?;
+            }
+            RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
+            DESTROY => {
+                reply(dev, unique, 0, &[])?;
+                return Ok(Other::Destroy);
+            }
+            op if NO_REPLY.contains(&op) => {}
+            _ => reply(dev, unique, -libc::ENOSYS, &[])?,
+        }
+        Ok(Other::Done)
+    }
+
     pub fn serve(mnt: &str, addr: &str, mode: Mode, size: u64) -> Result<(), String> {
         let devf = OpenOptions::new()
             .read(true)
@@ -295,49 +369,7 @@ mod linux {
                 read_exact_fd(pr.as_raw_fd(), &mut buf[IN_HEADER..end])?;
             }
             let args = &buf[IN_HEADER..n.min(buf.len())];
-            let mut out = Vec::new();
             match opcode {
-                INIT => {
-                    out.extend(7u32.to_le_bytes());
-                    out.extend(31u32.to_le_bytes());
-                    out.extend(u32_at(args, 8)?.to_le_bytes()); // max_readahead as asked
-                    out.extend(INIT_FLAGS.to_le_bytes());
-                    out.extend(256u16.to_le_bytes()); // max_background
-                    out.extend(192u16.to_le_bytes()); // congestion_threshold
-                    out.extend((MAX_WRITE as u32).to_le_bytes());
-                    out.extend(1u32.to_le_bytes()); // time_gran
-                    out.extend(((MAX_WRITE / 4096) as u16).to_le_bytes()); // max_pages
-                    out.resize(64, 0);
-                    reply(dev, unique, 0, &out)?;
-                    inited = true;
-                }
-                LOOKUP => {
-                    let name = args.split(|&c| c == 0).next().unwrap_or_default();
-                    if nodeid != 1 || name != b"lun" {
-                        reply(dev, unique, -libc::ENOENT, &[])?;
-                        continue;
-                    }
-                    out.extend(LUN_INO.to_le_bytes());
-                    out.extend([0u8; 8]); // generation
-                    out.extend(1u64.to_le_bytes()); // entry_valid
-                    out.extend(1u64.to_le_bytes()); // attr_valid
-                    out.extend([0u8; 8]); // their nanoseconds
-                    attr(&mut out, LUN_INO, size);
-                    reply(dev, unique, 0, &out)?;
-                }
-                GETATTR => {
-                    out.extend(1u64.to_le_bytes());
-                    out.extend([0u8; 8]);
-                    attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
-                    reply(dev, unique, 0, &out)?;
-                }
-                OPEN | OPENDIR => {
-                    out.extend([0u8; 8]); // fh
-                    let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
-                    out.extend(flags.to_le_bytes());
-                    out.extend([0u8; 4]);
-                    reply(dev, unique, 0, &out)?;
-                }
                 READ => {
                     let len = (u32_at(args, 16)? as usize).min(zeros.len());
                     reply(dev, unique, 0, &zeros[..len])?;
@@ -385,17 +417,15 @@ mod linux {
                     }
                     writes += 1;
                     bytes += len as u64;
-                    out.extend((len as u32).to_le_bytes());
+                    let mut out = (len as u32).to_le_bytes().to_vec();
                     out.extend([0u8; 4]);
                     reply(dev, unique, 0, &out)?;
                 }
-                RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
-                DESTROY => {
-                    reply(dev, unique, 0, &[])?;
-                    break;
-                }
-                op if NO_REPLY.contains(&op) => {}
-                _ => reply(dev, unique, -libc::ENOSYS, &[])?,
+                _ => match answer_other(dev, opcode, unique, nodeid, args, size, MAX_WRITE)? {
+                    Other::Init => inited = true,
+                    Other::Destroy => break,
+                    Other::Done => {}
+                },
             }
         }
         eprintln!(
@@ -535,48 +565,7 @@ mod linux {
             let unique = u64_at(&rbuf, 8)?;
             let nodeid = u64_at(&rbuf, 16)?;
             let args = &rbuf[IN_HEADER..];
-            let mut out = Vec::new();
             match opcode {
-                INIT => {
-                    out.extend(7u32.to_le_bytes());
-                    out.extend(31u32.to_le_bytes());
-                    out.extend(u32_at(args, 8)?.to_le_bytes());
-                    out.extend(INIT_FLAGS.to_le_bytes());
-                    out.extend(256u16.to_le_bytes());
-                    out.extend(192u16.to_le_bytes());
-                    out.extend((ISCSI_MAX_WRITE as u32).to_le_bytes());
-                    out.extend(1u32.to_le_bytes());
-                    out.extend(((ISCSI_MAX_WRITE / 4096) as u16).to_le_bytes());
-                    out.resize(64, 0);
-                    reply(dev, unique, 0, &out)?;
-                }
-                LOOKUP => {
-                    let name = args.split(|&c| c == 0).next().unwrap_or_default();
-                    if nodeid != 1 || name != b"lun" {
-                        reply(dev, unique, -libc::ENOENT, &[])?;
-                        continue;
-                    }
-                    out.extend(LUN_INO.to_le_bytes());
-                    out.extend([0u8; 8]);
-                    out.extend(1u64.to_le_bytes());
-                    out.extend(1u64.to_le_bytes());
-                    out.extend([0u8; 8]);
-                    attr(&mut out, LUN_INO, size);
-                    reply(dev, unique, 0, &out)?;
-                }
-                GETATTR => {
-                    out.extend(1u64.to_le_bytes());
-                    out.extend([0u8; 8]);
-                    attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
-                    reply(dev, unique, 0, &out)?;
-                }
-                OPEN | OPENDIR => {
-                    out.extend([0u8; 8]);
-                    let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
-                    out.extend(flags.to_le_bytes());
-                    out.extend([0u8; 4]);
-                    reply(dev, unique, 0, &out)?;
-                }
                 READ | WRITE => {
                     let offset = u64_at(args, 8)?;
                     let len = u32_at(args, 16)? as usize;
@@ -613,13 +602,12 @@ mod linux {
                     }
                     waiting.insert(token, Waiting { unique, write_len });
                 }
-                RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
-                DESTROY => {
-                    reply(dev, unique, 0, &[])?;
-                    break;
+                _ => {
+                    match answer_other(dev, opcode, unique, nodeid, args, size, ISCSI_MAX_WRITE)? {
+                        Other::Destroy => break,
+                        Other::Init | Other::Done => {}
+                    }
                 }
-                op if NO_REPLY.contains(&op) => {}
-                _ => reply(dev, unique, -libc::ENOSYS, &[])?,
             }
         }
         eprintln!("fuse_ceiling iscsi: {writes} writes");
