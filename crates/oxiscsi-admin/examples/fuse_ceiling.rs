@@ -197,6 +197,14 @@ mod linux {
         }
     }
 
+    fn open_fuse() -> Result<std::fs::File, String> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))
+    }
+
     fn mount(mnt: &str, dev: RawFd) -> Result<(), String> {
         let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
         let opts = c(&format!(
@@ -294,11 +302,7 @@ mod linux {
     }
 
     pub fn serve(mnt: &str, addr: &str, mode: Mode, size: u64) -> Result<(), String> {
-        let devf = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+        let devf = open_fuse()?;
         let dev = devf.as_raw_fd();
         let mut sock =
             TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -480,11 +484,7 @@ mod linux {
             return Err("the target reports a block size of 0".into());
         }
 
-        let devf = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .map_err(|e| format!("cannot open /dev/fuse: {e}"))?;
+        let devf = open_fuse()?;
         let dev = devf.as_raw_fd();
         mount(mnt, dev)?;
         let mut rbuf = BytesMut::with_capacity(BUF);
