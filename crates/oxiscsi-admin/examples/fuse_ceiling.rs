@@ -78,6 +78,10 @@ mod linux {
     const MAX_WRITE: usize = 512 << 10;
     const BUF: usize = MAX_WRITE + 4096;
     const POOL: usize = 16;
+    /// How long the sink waits for a server that sends nothing.
+    const SINK_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+    /// How long a server waits for the sink to take a payload.
+    const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(30);
     // Opcodes (linux/fuse.h).
     const LOOKUP: u32 = 1;
     const GETATTR: u32 = 3;
@@ -126,6 +130,10 @@ mod linux {
         let l = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         for s in l.incoming() {
             let mut s = s.map_err(|e| format!("accept: {e}"))?;
+            // A server idles while the bench runs the other paths (a round is well under
+            // a minute); one silent for longer is gone.
+            s.set_read_timeout(Some(SINK_IDLE))
+                .map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 1 << 20];
                 while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
@@ -307,7 +315,8 @@ mod linux {
         let mut sock =
             TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         sock.set_nodelay(true)
-            .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            .and_then(|()| sock.set_write_timeout(Some(SEND_STALL)))
+            .map_err(|e| format!("cannot set up the socket to {addr}: {e}"))?;
         mount(mnt, dev)?;
         let mut pipe = [0 as RawFd; 2];
         // SAFETY: pipe2 fills the two-element array.
@@ -478,7 +487,13 @@ mod linux {
         let r = p
             .execute(Command::new(lun, Cdb::ReadCapacity10.to_bytes()).with_read(8))
             .map_err(|e| e.to_string())?;
-        let cap = Capacity::parse10(&r.data).map_err(|e| e.to_string())?;
+        if r.status != ScsiStatus::GOOD {
+            return Err(format!(
+                "READ CAPACITY(10) answered with status {:?}",
+                r.status
+            ));
+        }
+        let cap = Capacity::parse10(&r.data).map_err(|e| format!("READ CAPACITY(10): {e}"))?;
         let (bs, size) = (u64::from(cap.block_size), cap.bytes());
         if bs == 0 {
             return Err("the target reports a block size of 0".into());
