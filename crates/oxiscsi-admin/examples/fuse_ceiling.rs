@@ -63,16 +63,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::ffi::CString;
-    use std::fs::OpenOptions;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-    /// `struct fuse_in_header` (linux/fuse.h).
-    const IN_HEADER: usize = 40;
-    /// `struct fuse_write_in`.
-    const WRITE_IN: usize = 40;
+    use oxiscsi_admin::fuse::abi::{self, op, u32_at, u64_at, IN_HEADER, WRITE_IN};
+    use oxiscsi_admin::fuse::dev;
+
     /// Largest WRITE we take: 512 KiB, so that a whole request fits a pipe of 1 MiB
     /// (the default pipe-max-size; the kernel refuses a splice that does not fit).
     const MAX_WRITE: usize = 512 << 10;
@@ -82,25 +79,9 @@ mod linux {
     const SINK_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
     /// How long a server waits for the sink to take a payload.
     const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(30);
-    // Opcodes (linux/fuse.h).
-    const LOOKUP: u32 = 1;
-    const GETATTR: u32 = 3;
-    const OPEN: u32 = 14;
-    const READ: u32 = 15;
-    const WRITE: u32 = 16;
-    const RELEASE: u32 = 18;
-    const FSYNC: u32 = 20;
-    const FLUSH: u32 = 25;
-    const INIT: u32 = 26;
-    const OPENDIR: u32 = 27;
-    const RELEASEDIR: u32 = 29;
-    const DESTROY: u32 = 38;
-    /// Requests that get no answer: FORGET, INTERRUPT, BATCH_FORGET.
-    const NO_REPLY: [u32; 3] = [2, 36, 42];
-    // INIT flags: ASYNC_READ, BIG_WRITES, ASYNC_DIO, MAX_PAGES (as oxiscsid asks).
-    const INIT_FLAGS: u32 = 1 | 1 << 5 | 1 << 15 | 1 << 22;
-    const FOPEN_DIRECT_IO: u32 = 1;
     const LUN_INO: u64 = 2;
+    const FILE: u32 = 0o100600;
+    const DIR: u32 = 0o040755;
 
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub enum Mode {
@@ -142,46 +123,8 @@ mod linux {
         Ok(())
     }
 
-    fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
-        b.get(at..at + 4)
-            .and_then(|s| s.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| format!("request too short for a field at byte {at}"))
-    }
-
-    fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
-        b.get(at..at + 8)
-            .and_then(|s| s.try_into().ok())
-            .map(u64::from_le_bytes)
-            .ok_or_else(|| format!("request too short for a field at byte {at}"))
-    }
-
-    /// `struct fuse_attr`.
-    fn attr(out: &mut Vec<u8>, ino: u64, size: u64) {
-        let dir = ino == 1;
-        out.extend(ino.to_le_bytes());
-        out.extend(size.to_le_bytes());
-        out.extend(size.div_ceil(512).to_le_bytes());
-        out.extend([0u8; 3 * 8 + 3 * 4]); // a/m/ctime and their nanoseconds
-        let mode: u32 = if dir { 0o040755 } else { 0o100600 };
-        for v in [mode, if dir { 2 } else { 1 }, 0, 0, 0, 4096, 0] {
-            out.extend(v.to_le_bytes()); // mode nlink uid gid rdev blksize flags
-        }
-    }
-
     fn reply(dev: RawFd, unique: u64, error: i32, body: &[u8]) -> Result<(), String> {
-        let mut m = Vec::with_capacity(16 + body.len());
-        m.extend(((16 + body.len()) as u32).to_le_bytes());
-        m.extend(error.to_le_bytes());
-        m.extend(unique.to_le_bytes());
-        m.extend(body);
-        // SAFETY: writes `m.len()` bytes from a live buffer to an open descriptor.
-        let r = unsafe { libc::write(dev, m.as_ptr().cast(), m.len()) };
-        // ENOENT: the request was interrupted meanwhile; nothing to answer.
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-            return Err(os_err("answer to /dev/fuse"));
-        }
-        Ok(())
+        dev::reply(dev, unique, error, &[body])
     }
 
     fn read_exact_fd(fd: RawFd, buf: &mut [u8]) -> Result<(), String> {
@@ -205,36 +148,6 @@ mod linux {
         }
     }
 
-    fn open_fuse() -> Result<std::fs::File, String> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .map_err(|e| format!("cannot open /dev/fuse: {e} (is the fuse module loaded?)"))
-    }
-
-    fn mount(mnt: &str, dev: RawFd) -> Result<(), String> {
-        let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
-        let opts = c(&format!(
-            "fd={dev},rootmode=40000,user_id=0,group_id=0,allow_other"
-        ))?;
-        let (src, fstype, target) = (c("fuse_ceiling")?, c("fuse.fuse_ceiling")?, c(mnt)?);
-        // SAFETY: all pointers are NUL-terminated strings alive for the call.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                opts.as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            return Err(os_err(&format!("cannot mount FUSE on {mnt} (root?)")));
-        }
-        Ok(())
-    }
-
     /// What [`answer_other`] did.
     #[derive(PartialEq, Eq)]
     enum Other {
@@ -255,69 +168,47 @@ mod linux {
         size: u64,
         max_write: usize,
     ) -> Result<Other, String> {
-        let mut out = Vec::new();
         match opcode {
-            INIT => {
-                out.extend(7u32.to_le_bytes());
-                out.extend(31u32.to_le_bytes());
-                out.extend(u32_at(args, 8)?.to_le_bytes()); // max_readahead as asked
-                out.extend(INIT_FLAGS.to_le_bytes());
-                out.extend(256u16.to_le_bytes()); // max_background
-                out.extend(192u16.to_le_bytes()); // congestion_threshold
-                out.extend((max_write as u32).to_le_bytes());
-                out.extend(1u32.to_le_bytes()); // time_gran
-                out.extend(((max_write / 4096) as u16).to_le_bytes()); // max_pages
-                out.resize(64, 0);
+            op::INIT => {
+                let max_readahead = u32_at(args, 8)?;
+                let out = abi::init_out(max_readahead, max_write as u32, max_write as u32, 256);
                 reply(dev, unique, 0, &out)?;
                 return Ok(Other::Init);
             }
-            LOOKUP => {
+            op::LOOKUP => {
                 let name = args.split(|&c| c == 0).next().unwrap_or_default();
                 if nodeid != 1 || name != b"lun" {
                     reply(dev, unique, -libc::ENOENT, &[])?;
                     return Ok(Other::Done);
                 }
-                out.extend(LUN_INO.to_le_bytes());
-                out.extend([0u8; 8]); // generation
-                out.extend(1u64.to_le_bytes()); // entry_valid
-                out.extend(1u64.to_le_bytes()); // attr_valid
-                out.extend([0u8; 8]); // their nanoseconds
-                attr(&mut out, LUN_INO, size);
-                reply(dev, unique, 0, &out)?;
+                reply(dev, unique, 0, &abi::entry_out(LUN_INO, size, FILE, 1))?;
             }
-            GETATTR => {
-                out.extend(1u64.to_le_bytes());
-                out.extend([0u8; 8]);
-                attr(&mut out, nodeid, if nodeid == 1 { 0 } else { size });
-                reply(dev, unique, 0, &out)?;
+            op::GETATTR => {
+                let (size, mode) = if nodeid == 1 { (0, DIR) } else { (size, FILE) };
+                reply(dev, unique, 0, &abi::attr_out(nodeid, size, mode, 1))?;
             }
-            OPEN | OPENDIR => {
-                out.extend([0u8; 8]); // fh
-                let flags = if opcode == OPEN { FOPEN_DIRECT_IO } else { 0 };
-                out.extend(flags.to_le_bytes());
-                out.extend([0u8; 4]);
-                reply(dev, unique, 0, &out)?;
-            }
-            RELEASE | FSYNC | FLUSH | RELEASEDIR => reply(dev, unique, 0, &[])?,
-            DESTROY => {
+            op::OPEN => reply(dev, unique, 0, &abi::open_out(abi::FOPEN_DIRECT_IO))?,
+            op::OPENDIR => reply(dev, unique, 0, &abi::open_out(0))?,
+            op::RELEASE | op::FSYNC | op::FLUSH | op::RELEASEDIR => reply(dev, unique, 0, &[])?,
+            op::DESTROY => {
                 reply(dev, unique, 0, &[])?;
                 return Ok(Other::Destroy);
             }
-            op if NO_REPLY.contains(&op) => {}
+            op::FORGET | op::BATCH_FORGET | op::INTERRUPT => {}
             _ => reply(dev, unique, -libc::ENOSYS, &[])?,
         }
         Ok(Other::Done)
     }
 
     pub fn serve(mnt: &str, addr: &str, mode: Mode, size: u64) -> Result<(), String> {
-        let devf = open_fuse()?;
+        let devf = dev::open(false)?;
         let dev = devf.as_raw_fd();
         let mut sock =
             TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         sock.set_nodelay(true)
             .and_then(|()| sock.set_write_timeout(Some(SEND_STALL)))
             .map_err(|e| format!("cannot set up the socket to {addr}: {e}"))?;
-        mount(mnt, dev)?;
+        dev::mount(mnt.as_ref(), dev, "fuse_ceiling", dev::Root::Dir)?;
         let mut pipe = [0 as RawFd; 2];
         // SAFETY: pipe2 fills the two-element array.
         if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -370,7 +261,7 @@ mod linux {
             let nodeid = u64_at(buf, 16)?;
             if split {
                 // The arguments into the buffer; a WRITE's payload stays in the pipe.
-                let args = if opcode == WRITE {
+                let args = if opcode == op::WRITE {
                     WRITE_IN
                 } else {
                     n - IN_HEADER
@@ -383,11 +274,11 @@ mod linux {
             }
             let args = &buf[IN_HEADER..n.min(buf.len())];
             match opcode {
-                READ => {
+                op::READ => {
                     let len = (u32_at(args, 16)? as usize).min(zeros.len());
                     reply(dev, unique, 0, &zeros[..len])?;
                 }
-                WRITE => {
+                op::WRITE => {
                     let len = u32_at(args, 16)? as usize;
                     if len > MAX_WRITE {
                         return Err(format!("WRITE of {len} bytes above max_write"));
@@ -499,9 +390,9 @@ mod linux {
             return Err("the target reports a block size of 0".into());
         }
 
-        let devf = open_fuse()?;
+        let devf = dev::open(false)?;
         let dev = devf.as_raw_fd();
-        mount(mnt, dev)?;
+        dev::mount(mnt.as_ref(), dev, "fuse_ceiling", dev::Root::Dir)?;
         let mut rbuf = BytesMut::with_capacity(BUF);
         let mut waiting: std::collections::HashMap<u64, Waiting> = Default::default();
         let mut done: Vec<Completion> = Vec::new();
@@ -581,7 +472,7 @@ mod linux {
             let nodeid = u64_at(&rbuf, 16)?;
             let args = &rbuf[IN_HEADER..];
             match opcode {
-                READ | WRITE => {
+                op::READ | op::WRITE => {
                     let offset = u64_at(args, 8)?;
                     let len = u32_at(args, 16)? as usize;
                     let blocks = u32::try_from(len as u64 / bs).unwrap_or(0);
@@ -592,7 +483,7 @@ mod linux {
                     }
                     let token = next_token;
                     next_token += 1;
-                    let (cmd, write_len) = if opcode == READ {
+                    let (cmd, write_len) = if opcode == op::READ {
                         let c = Command::new(lun, Cdb::read(offset / bs, blocks).to_bytes())
                             .with_read(len as u32);
                         (c, None)

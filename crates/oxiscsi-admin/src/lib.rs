@@ -10,4 +10,5 @@
 pub mod adm;
 pub mod daemon;
 pub mod db;
+pub mod fuse;
 pub mod ipc;

@@ -497,6 +497,138 @@ fn our_target_discovery_login_filesystem_rescan_restart() {
     assert_eq!(code, 21);
 }
 
+/// The LUN file itself, as any program may use it besides the loop device: writes of
+/// partial blocks in flight at once into the same blocks (each a read-modify-write that
+/// must not undo the other's), partial and whole-block writes from threads, punch-hole
+/// of a range that starts and ends inside blocks, fsync, and the end of the LUN.
+#[test]
+fn lun_file_partial_writes_punch_fsync_and_end() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let target = OurTarget::start(dir.path());
+    let root = dir.path().join("root");
+    let _daemon = Daemon::start(&root);
+    ok(
+        &root,
+        &["-m", "discovery", "-t", "st", "-p", &target.portal],
+    );
+    ok(&root, &["-m", "node", "-T", IQN, "-l"]);
+    let js: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["-m", "session", "--json"])).unwrap();
+    let path = PathBuf::from(js[0]["luns"][0]["file"].as_str().unwrap());
+    let size = 64u64 << 20;
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+    let f = std::sync::Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap(),
+    );
+
+    // Many writes of 1000 bytes in flight at once (asynchronous direct I/O, as the loop
+    // driver sends), so that neighbours share blocks: each block written by two at
+    // once, each verified by fio afterwards.
+    let file_arg = format!("--filename={}", path.display());
+    sh(
+        "fio",
+        &[
+            "--name=partial",
+            &file_arg,
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--rw=randwrite",
+            "--bs=1000",
+            "--iodepth=32",
+            "--offset=8m",
+            "--size=2000000",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+            "--randseed=11",
+            "--output=/dev/null",
+        ],
+    );
+
+    // Synchronous writes from threads (the kernel runs one at a time per file).
+    const BLOCKS: u64 = 200;
+    let partial = |at: u64, byte: u8| {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            for b in 0..BLOCKS {
+                f.write_all_at(&[byte; 10], b * 512 + at).unwrap();
+            }
+        })
+    };
+    let whole = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            for i in 0..BLOCKS {
+                f.write_all_at(&[i as u8; 4096], (1 << 20) + i * 4096)
+                    .unwrap();
+            }
+        })
+    };
+    for t in [partial(7, b'A'), partial(300, b'B'), whole] {
+        t.join().unwrap();
+    }
+    let mut got = vec![0u8; (BLOCKS * 512) as usize];
+    f.read_exact_at(&mut got, 0).unwrap();
+    for b in 0..BLOCKS as usize {
+        let blk = &got[b * 512..(b + 1) * 512];
+        assert_eq!(
+            &blk[7..17],
+            &[b'A'; 10],
+            "block {b}: a partial write was lost"
+        );
+        assert_eq!(
+            &blk[300..310],
+            &[b'B'; 10],
+            "block {b}: a partial write was lost"
+        );
+    }
+    let mut got = vec![0u8; (BLOCKS * 4096) as usize];
+    f.read_exact_at(&mut got, 1 << 20).unwrap();
+    for i in 0..BLOCKS as usize {
+        assert!(got[i * 4096..(i + 1) * 4096].iter().all(|b| *b == i as u8));
+    }
+
+    // Punch a hole from inside one block to inside another.
+    let base = 2u64 << 20;
+    f.write_all_at(&[0xee; 8192], base).unwrap();
+    rustix::fs::fallocate(
+        &*f,
+        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+        base + 100,
+        5000,
+    )
+    .unwrap();
+    let mut got = vec![0u8; 8192];
+    f.read_exact_at(&mut got, base).unwrap();
+    assert!(got[..100].iter().all(|b| *b == 0xee));
+    assert!(
+        got[100..5100].iter().all(|b| *b == 0),
+        "punched range not zero"
+    );
+    assert!(got[5100..].iter().all(|b| *b == 0xee));
+    f.sync_all().unwrap();
+
+    // The LUN does not grow: a write across its end is refused whole, a read there is
+    // short.
+    let e = f.write_at(&[1u8; 20], size - 10).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let mut tail = [0u8; 20];
+    assert_eq!(f.read_at(&mut tail, size - 10).unwrap(), 10);
+    assert_eq!(f.read_at(&mut tail, size).unwrap(), 0);
+
+    // Open by us: logout is refused until it is closed.
+    let (code, _, err) = adm(&root, &["-m", "node", "-T", IQN, "-u"]);
+    assert_eq!(code, 28, "{err}");
+    drop(f);
+    ok(&root, &["-m", "node", "-T", IQN, "-u"]);
+    assert!(!path.exists(), "{} left behind", path.display());
+}
+
 /// SIGTERM while a process still holds a LUN's loop device open: the daemon logs out,
 /// and the busy LUN filesystem is detached lazily instead of being left behind as a dead
 /// mount ("Transport endpoint is not connected") that nothing can remove.

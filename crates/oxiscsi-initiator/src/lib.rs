@@ -12,6 +12,7 @@ mod discovery;
 mod driver;
 mod error;
 mod limits;
+pub mod ops;
 // epoll and timerfd, as the session's deadlines (`time`) use on Linux.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod poller;

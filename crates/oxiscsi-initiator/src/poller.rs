@@ -201,6 +201,11 @@ impl Poller {
         self.tokens.len() + self.done.len()
     }
 
+    /// How many commands [`submit`](Self::submit) takes in flight at once.
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth
+    }
+
     /// Queue `cmd` to be sent; its [`Completion`] carries `token`. It fails with
     /// [`Error::QueueFull`] while the session's queue depth of commands is in flight,
     /// and with [`Error::Closed`] once the session has ended; the command then comes back

@@ -5,17 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use oxiscsi_proto::login::{ChapAlgorithm, SessionType};
-use oxiscsi_proto::pdu::{CdbBuf, Framer, Isid, Lun, ScsiStatus, TmfFunction, TmfResponse};
+use oxiscsi_proto::pdu::{CdbBuf, Framer, Isid, Lun, TmfFunction, TmfResponse};
 use oxiscsi_proto::session::{Command, InitiatorConnection, ScsiResult, TaskId};
 use oxiscsi_proto::text::OperationalParams;
 use oxiscsi_scsi::cdb::{unmap_parameter_list, Cdb};
-use oxiscsi_scsi::data::{lun_number, parse_report_luns, Capacity, StandardInquiry};
-use oxiscsi_scsi::{Sense, SenseKey};
+use oxiscsi_scsi::data::{Capacity, StandardInquiry};
 use tracing::Instrument;
 
 use crate::config::SessionConfig;
 use crate::driver::{self, Outcome, Shared};
 use crate::error::Error;
+use crate::ops;
 use crate::queue::Queue;
 use crate::transport;
 
@@ -167,9 +167,6 @@ pub(crate) async fn log_in(cfg: &SessionConfig, st: SessionType) -> Result<Opene
     })
 }
 
-/// Retries for UNIT ATTENTION, which a target reports once after login or reset.
-const UA_RETRIES: usize = 3;
-
 impl Session {
     /// Connect and log in to `cfg.target` at `cfg.portal`.
     pub async fn connect(cfg: SessionConfig) -> Result<Session, Error> {
@@ -304,7 +301,8 @@ impl Session {
     }
 
     /// Run a command; a status other than GOOD becomes [`Error::Scsi`] with decoded
-    /// sense. UNIT ATTENTION is retried a few times, as the SCSI midlayer does.
+    /// sense. UNIT ATTENTION and BUSY are retried a few times, as the SCSI midlayer does
+    /// ([`ops::judge`](crate::ops::judge)).
     pub async fn execute_checked(
         &self,
         lun: u16,
@@ -312,60 +310,15 @@ impl Session {
         data_out: Bytes,
         read_len: u32,
     ) -> Result<ScsiResult, Error> {
-        let cdb = cdb.into();
-        let mut tries = 0;
-        loop {
-            let r = self
-                .execute(lun, cdb.clone(), data_out.clone(), read_len)
-                .await?;
-            if r.status == ScsiStatus::GOOD || r.status == ScsiStatus::CONDITION_MET {
-                return Ok(r);
-            }
-            let sense = if r.sense.is_empty() {
-                None
-            } else {
-                Sense::parse(&r.sense).ok()
-            };
-            if r.status == ScsiStatus::CHECK_CONDITION
-                && sense
-                    .as_ref()
-                    .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION)
-                && tries < UA_RETRIES
-            {
-                tries += 1;
-                tracing::debug!(sense = %sense.as_ref().map(|s| s.to_string()).unwrap_or_default(), "unit attention; retrying");
-                continue;
-            }
-            if (r.status == ScsiStatus::BUSY || r.status == ScsiStatus::TASK_SET_FULL)
-                && tries < UA_RETRIES
-            {
-                tries += 1;
-                crate::time::sleep(std::time::Duration::from_millis(10 << tries)).await?;
-                continue;
-            }
-            return Err(Error::Scsi {
-                status: r.status,
-                sense,
-            });
-        }
+        let cmd = Command::new(Lun::from_number(lun), cdb)
+            .with_data_out(data_out)
+            .with_read(read_len);
+        ops::execute_checked(self, cmd).await
     }
 
     /// Standard INQUIRY.
     pub async fn inquiry(&self, lun: u16) -> Result<StandardInquiry, Error> {
-        let r = self
-            .execute_checked(
-                lun,
-                Cdb::Inquiry {
-                    evpd: false,
-                    page: 0,
-                    alloc: 255,
-                }
-                .to_bytes(),
-                Bytes::new(),
-                255,
-            )
-            .await?;
-        StandardInquiry::parse(&r.data).map_err(|e| Error::BadData(e.to_string()))
+        ops::inquiry(self, lun).await
     }
 
     /// A VPD page's raw bytes (header included).
@@ -391,30 +344,7 @@ impl Session {
 
     /// READ CAPACITY(16), falling back to (10) when the target does not support it.
     pub async fn read_capacity(&self, lun: u16) -> Result<Capacity, Error> {
-        let cap = match self
-            .execute_checked(
-                lun,
-                Cdb::ReadCapacity16 { alloc: 32 }.to_bytes(),
-                Bytes::new(),
-                32,
-            )
-            .await
-        {
-            Ok(r) => Capacity::parse16(&r.data).map_err(|e| Error::BadData(e.to_string()))?,
-            Err(Error::Scsi { sense: Some(s), .. }) if s.key == SenseKey::ILLEGAL_REQUEST => {
-                let r = self
-                    .execute_checked(lun, Cdb::ReadCapacity10.to_bytes(), Bytes::new(), 8)
-                    .await?;
-                Capacity::parse10(&r.data).map_err(|e| Error::BadData(e.to_string()))?
-            }
-            Err(e) => return Err(e),
-        };
-        if cap.block_size == 0 || cap.block_size > (1 << 20) {
-            return Err(Error::BadData(format!(
-                "block size {} reported for LUN {lun}",
-                cap.block_size
-            )));
-        }
+        let cap = ops::read_capacity(self, lun).await?;
         if let Ok(mut m) = self.inner.block_sizes.lock() {
             m.insert(lun, cap.block_size);
         }
@@ -423,31 +353,7 @@ impl Session {
 
     /// LUN numbers from REPORT LUNS (LUN 0 addresses the target).
     pub async fn report_luns(&self) -> Result<Vec<u16>, Error> {
-        let mut alloc = 1024u32;
-        loop {
-            let r = self
-                .execute_checked(
-                    0,
-                    Cdb::ReportLuns {
-                        select_report: 0,
-                        alloc,
-                    }
-                    .to_bytes(),
-                    Bytes::new(),
-                    alloc,
-                )
-                .await?;
-            let (luns, list_len) =
-                parse_report_luns(&r.data).map_err(|e| Error::BadData(e.to_string()))?;
-            if u64::from(list_len) + 8 > u64::from(alloc) && alloc < (1 << 20) {
-                alloc = (list_len + 8).min(1 << 20);
-                continue;
-            }
-            let mut v: Vec<u16> = luns.into_iter().filter_map(lun_number).collect();
-            v.sort_unstable();
-            v.dedup();
-            return Ok(v);
-        }
+        ops::report_luns(self).await
     }
 
     pub async fn test_unit_ready(&self, lun: u16) -> Result<(), Error> {
@@ -526,15 +432,7 @@ impl Session {
 
     /// SYNCHRONIZE CACHE over the whole LUN.
     pub async fn flush(&self, lun: u16) -> Result<(), Error> {
-        let cdb = Cdb::SynchronizeCache10 {
-            lba: 0,
-            blocks: 0,
-            immed: false,
-        }
-        .to_bytes();
-        self.execute_checked(lun, cdb, Bytes::new(), 0)
-            .await
-            .map(|_| ())
+        ops::flush(self, lun).await
     }
 
     /// UNMAP the given (LBA, blocks) ranges.
@@ -561,15 +459,8 @@ impl Session {
         pattern: Bytes,
         unmap: bool,
     ) -> Result<(), Error> {
-        let cdb = Cdb::WriteSame16 {
-            lba,
-            blocks,
-            unmap,
-            anchor: false,
-            ndob: false,
-        }
-        .to_bytes();
-        self.execute_checked(lun, cdb, pattern, 0).await.map(|_| ())
+        let cmd = ops::write_same(lun, lba, blocks, pattern, unmap);
+        ops::execute_checked(self, cmd).await.map(|_| ())
     }
 
     /// MODE SENSE(10) of a page (0x3f for all), current values.
@@ -657,6 +548,15 @@ impl Session {
         } else {
             Err(Error::Closed(why))
         }
+    }
+}
+
+impl ops::Execute for Session {
+    fn execute_command(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<ScsiResult, Error>> + Send {
+        self.submit(cmd)
     }
 }
 

@@ -9,17 +9,19 @@ pub mod conf;
 mod loopdev;
 pub mod luns;
 pub mod node;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use oxiscsi_initiator::{Error as InitError, Session};
+use oxiscsi_initiator::{Error as InitError, Poller};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
+use worker::Worker;
 
 use crate::db::record::{Kind, Record};
 use crate::db::{Db, NodeKey};
@@ -91,7 +93,7 @@ fn op_err(code: i32, message: impl Into<String>) -> OpError {
 struct Entry {
     sid: u32,
     node: NodeRef,
-    session: Session,
+    session: Worker,
     iface: IfaceView,
     logged_in_at: SystemTime,
     failed: Arc<std::sync::Mutex<Option<(SystemTime, String)>>>,
@@ -267,13 +269,21 @@ impl Daemon {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..n {
             let cfg = cfg.clone();
-            set.spawn(async move { Session::connect(cfg).await });
+            set.spawn(async move { Poller::connect(cfg).await });
         }
         let mut sessions = Vec::new();
         let mut first_err = None;
+        let rt = tokio::runtime::Handle::current();
         while let Some(r) = set.join_next().await {
             match r {
-                Ok(Ok(s)) => sessions.push(s),
+                // Each session gets a thread of its own that drives its connection and
+                // serves its LUN files (see `worker`).
+                Ok(Ok(p)) => match Worker::spawn(p, rt.clone()) {
+                    Ok(w) => sessions.push(w),
+                    Err(e) => {
+                        first_err.get_or_insert(InitError::Config(e));
+                    }
+                },
                 Ok(Err(e)) => {
                     first_err.get_or_insert(e);
                 }
