@@ -38,9 +38,9 @@ def cpu(pid):
 
 
 def perf(url, bs, qd, rnd, wr, secs):
-    # The session driver oxiscsid serves the block devices with (a task beside the callers),
-    # so the overhead is the FUSE + loop path's alone, not a different I/O loop's.
-    c = ["taskset", "-c", CLI_CPU, OX, "perf", "--json", "--api", "queue", "-b", str(bs // 512), "-m", str(qd),
+    # The session driver oxiscsid serves the block devices with (a Poller on the caller's
+    # thread), so the overhead is the FUSE + loop path's alone, not a different I/O loop's.
+    c = ["taskset", "-c", CLI_CPU, OX, "perf", "--json", "--api", "poller", "-b", str(bs // 512), "-m", str(qd),
          "-t", str(secs)]
     if rnd:
         c.append("-r")
@@ -151,7 +151,7 @@ def render(rows, a):
         "few rounds can land in different phases for the two sides; per-round numbers are printed by the "
         "script); our target on CPU 1, "
         f"client (oxiscsid + fio, or oxiscsi perf) on CPU 0; {fio_v}, --direct=1; LUN: {a.lun_mib} MiB "
-        "file on tmpfs. `oxiscsi perf --api queue --own-buffers` (the session driver oxiscsid uses; reads "
+        "file on tmpfs. `oxiscsi perf --api poller --own-buffers` (the session driver oxiscsid uses; reads "
         "kept, as fio keeps them). "
         "Overhead = perf throughput / fio throughput (1.00 = none). "
         "CPU us/IO: client user+system time per IO (oxiscsid included for fio).",

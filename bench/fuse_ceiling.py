@@ -2,7 +2,7 @@
 """How close to `oxiscsi perf` can a FUSE + loop block device get on 1M sequential writes,
 and how much of the gap is oxiscsid's? Same run, rounds interleaved:
 
-- `oxiscsi perf --api queue --write` against our target (as in blockdev_vs_perf.py);
+- `oxiscsi perf --api poller --write` against our target (as in blockdev_vs_perf.py);
 - fio on the loop device of oxiscsid's LUN file (the same target);
 - fio on loop devices over `fuse_ceiling` servers (crates/oxiscsi-admin/examples/
   fuse_ceiling.rs): FUSE servers that move a WRITE's bytes to a TCP sink and answer it,

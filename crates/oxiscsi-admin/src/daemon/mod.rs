@@ -2,7 +2,9 @@
 //! in the `automatic`/`onboot` nodes at start and logs everything out on SIGTERM.
 //!
 //! - [`node`]: node and iface records turned into session configurations.
-//! - [`luns`]: each LUN of a session as a file on a FUSE mount and a loop device.
+//! - [`worker`]: a thread per session that drives its connection and serves its LUN
+//!   files (FUSE) in one poll(2) loop.
+//! - [`luns`]: each LUN of a session as a FUSE file and a loop device.
 //! - this module: the session table and the operations behind the socket.
 
 pub mod conf;

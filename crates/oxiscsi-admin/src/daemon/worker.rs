@@ -664,7 +664,10 @@ impl Thread {
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(file = %s.file.name, "{e}");
+                    // Not a condition that passes (poll would report it again at once):
+                    // close the connection, so its users get errors instead of a hang.
+                    tracing::error!(file = %s.file.name, "{e}; closing its FUSE connection");
+                    self.luns.remove(&id);
                     return;
                 }
             };
