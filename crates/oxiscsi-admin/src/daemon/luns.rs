@@ -54,7 +54,8 @@ pub struct Attacher {
     direct_io: bool,
     /// Why LUNs get no device (attach off, or no FUSE here).
     disabled: Option<String>,
-    /// Serializes mount and unmount against the startup cleanup.
+    /// Serializes creating and mounting LUN files (two logins at once never race on
+    /// one path).
     mounts: Mutex<()>,
 }
 
