@@ -11,11 +11,13 @@ initiator, no kernel block layer) or fio on /dev/loopN, whose I/O goes loop -> F
 oxiscsid -> the same initiator library -> TCP. The ratio perf/fio is the overhead of
 the FUSE + loop path. fio runs with --direct=1 (loop in direct-I/O mode too), engines
 psync (QD1 rows) and io_uring. Client CPU per IO counts the client processes only
-(oxiscsid + fio, or oxiscsi perf)."""
-import argparse, json, os, subprocess, sys, tempfile, time
+(oxiscsid + fio, or oxiscsi perf). The loop device's worker, a kernel kworker, is kept on
+the client's CPU too (`--loop-worker`, see common.confine_unbound_workqueues)."""
+import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, make_lun, med, remove_lun, stop, write_section  # noqa: E402
+from common import (ROOT, confine_unbound_workqueues, free_port, make_lun, med, remove_lun,  # noqa: E402
+                    restore_unbound_workqueues, stop, write_section)
 
 REL = os.path.join(ROOT, "target", "release")
 OX, OXD, ADM = (os.path.join(REL, b) for b in ("oxiscsi", "oxiscsid", "oxiscsiadm"))
@@ -77,6 +79,10 @@ def main():
     ap.add_argument("--lun-mib", type=int, default=1024)
     ap.add_argument("--write-md", action="store_true")
     ap.add_argument("--only", default="", help="run only the rows whose name contains this text")
+    ap.add_argument("--loop-worker", choices=("client", "any", "both"), default="client",
+                    help="client: confine the kernel's unbound workqueues (the loop device's worker) to the "
+                         "client's CPU for the run; any: leave them where the scheduler puts them; both: "
+                         "measure fio both ways, interleaved (extra rows)")
     a = ap.parse_args()
     for b in (OX, OXD, ADM):
         if not os.path.exists(b):
@@ -88,7 +94,9 @@ def main():
                             "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     daemon = None
     rows = []
+    wq = None
     try:
+        wq = confine_unbound_workqueues(None if a.loop_worker == "any" else CLI_CPU)
         time.sleep(0.5)
         daemon = subprocess.Popen(["taskset", "-c", CLI_CPU, OXD, "-f", "--root", root],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,12 +114,20 @@ def main():
             if a.only not in name:
                 continue
             kinds = ["perf", "io_uring"] + (["psync"] if qd == 1 else [])
+            if a.loop_worker == "both":
+                kinds += [k + FREE for k in kinds[1:]]
             res = {k: [] for k in kinds}
             for i in range(a.rounds):
                 order = kinds if i % 2 == 0 else list(reversed(kinds))
                 for k in order:
                     if k == "perf":
                         iops, c = perf(url, bs, qd, rnd, wr, a.seconds)
+                    elif k.endswith(FREE):
+                        restore_unbound_workqueues(wq)
+                        try:
+                            iops, c = fio(dev, k[:-len(FREE)], bs, qd, rnd, wr, a.seconds, daemon.pid)
+                        finally:
+                            confine_unbound_workqueues(CLI_CPU)
                     else:
                         iops, c = fio(dev, k, bs, qd, rnd, wr, a.seconds, daemon.pid)
                     res[k].append({"iops": iops, "mib": iops * bs / (1 << 20),
@@ -119,7 +135,10 @@ def main():
             rows.append((name, bs, res))
             for k in kinds:
                 print(f"  {k} rounds (IOPS, cpu us/IO): "
-                      + ", ".join(f"{r['iops']:.0f} {r['cpu_us']:.1f}" for r in res[k]), flush=True)
+                      + ", ".join(f"{r['iops']:.0f} {r['cpu_us']:.1f}" for r in res[k])
+                      + ("" if k == "perf" else " | perf/this per round: "
+                         + ", ".join(f"{p['iops'] / max(r['iops'], 1):.2f}" for p, r in zip(res["perf"], res[k]))),
+                      flush=True)
             print(name + ": " + " | ".join(f"{k} {med(res[k], 'iops'):.0f} IOPS {med(res[k], 'cpu_us'):.1f} us/IO"
                                            for k in kinds), flush=True)
         adm("-m", "node", "-T", IQN, "-u")
@@ -130,15 +149,26 @@ def main():
         tgt.wait()
         remove_lun(work, lun)
         subprocess.run(["rm", "-rf", root])
+        restore_unbound_workqueues(wq)
     md = render(rows, a)
     print(md)
     if a.write_md:
         write_section("blockdev-vs-perf", md)
 
 
-def top(rs):
-    """The best round: the most IOPS."""
-    return max(r["iops"] for r in rs)
+LOOP_WORKER = {
+    "client": "and so is the loop device's worker (the kernel's unbound workqueues confined to CPU 0 for the run)",
+    "any": "the loop device's worker where the scheduler puts it (either CPU)",
+    "both": "and so is the loop device's worker (the kernel's unbound workqueues confined to CPU 0), except in "
+            "the rows marked 'loop worker free', measured in the same rounds with the workqueues' mask as found",
+}
+# The fio kinds measured with the loop device's worker left where the scheduler puts it.
+FREE = "@free"
+
+
+def per_round(perf_rs, fio_rs):
+    """The median over the rounds of perf's throughput / fio's in the same round."""
+    return statistics.median(p["iops"] / max(f["iops"], 1) for p, f in zip(perf_rs, fio_rs))
 
 
 def render(rows, a):
@@ -146,32 +176,37 @@ def render(rows, a):
     L = [
         "## Block device: fio on the loop device (oxiscsid FUSE + loop) vs `oxiscsi perf` on the same LUN",
         "",
-        f"Same run, A/B interleaved, {a.rounds} rounds x {a.seconds} s, medians and, in brackets, the best "
-        "round of each (this VM has phases in which the same binary runs up to 2x slower, and a median of a "
-        "few rounds can land in different phases for the two sides; per-round numbers are printed by the "
-        "script); our target on CPU 1, "
-        f"client (oxiscsid + fio, or oxiscsi perf) on CPU 0; {fio_v}, --direct=1; LUN: {a.lun_mib} MiB "
-        "file on tmpfs. `oxiscsi perf --api poller --own-buffers` (the session driver oxiscsid uses; reads "
-        "kept, as fio keeps them). "
+        f"Same run, A/B interleaved, {a.rounds} rounds x {a.seconds} s, medians and, in brackets, the "
+        "median over the rounds of each round's ratio (this VM has phases in which the same binary runs up to 2x "
+        "slower; the two medians can land in different phases, the two sides of one round run one after the other; "
+        "per-round numbers are printed by the script); our target on CPU 1, "
+        f"client (oxiscsid + fio, or oxiscsi perf) on CPU 0, {LOOP_WORKER[a.loop_worker]}; {fio_v}, "
+        f"--direct=1; LUN: {a.lun_mib} MiB file on tmpfs. `oxiscsi perf --api poller --own-buffers` (the "
+        "session driver oxiscsid uses; reads kept, as fio keeps them). "
         "Overhead = perf throughput / fio throughput (1.00 = none). "
         "CPU us/IO: client user+system time per IO (oxiscsid included for fio).",
         "",
-        "| workload | oxiscsi perf | fio io_uring | overhead (best rounds) | fio psync | overhead (best rounds) "
+        "| workload | oxiscsi perf | fio io_uring | overhead (per round) | fio psync | overhead (per round) "
         "| CPU us/IO perf / fio io_uring |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, bs, res in rows:
         unit = (lambda r: f"{med(r, 'mib'):.0f} MiB/s") if bs >= 1 << 20 else (lambda r: f"{med(r, 'iops'):.0f} IOPS")
-        p, pt = med(res["perf"], "iops"), top(res["perf"])
+        p = med(res["perf"], "iops")
 
         def over(k):
-            return f"{p / med(res[k], 'iops'):.2f}x ({pt / top(res[k]):.2f}x)"
+            return f"{p / med(res[k], 'iops'):.2f}x ({per_round(res['perf'], res[k]):.2f}x)"
 
-        ps = f"{unit(res['psync'])} | {over('psync')}" if "psync" in res else "- | -"
-        L.append(f"| {name} | {unit(res['perf'])} | {unit(res['io_uring'])} | {over('io_uring')} | {ps} | "
-                 f"{med(res['perf'], 'cpu_us'):.1f} / {med(res['io_uring'], 'cpu_us'):.1f} |")
+        for sfx, label in (("", name), (FREE, name + ", loop worker free")):
+            if "io_uring" + sfx not in res:
+                continue
+            ps = f"{unit(res['psync' + sfx])} | {over('psync' + sfx)}" if "psync" + sfx in res else "- | -"
+            L.append(f"| {label} | {unit(res['perf'])} | {unit(res['io_uring' + sfx])} | {over('io_uring' + sfx)} "
+                     f"| {ps} | {med(res['perf'], 'cpu_us'):.1f} / {med(res['io_uring' + sfx], 'cpu_us'):.1f} |")
     L += ["", "Commands: `cargo build --release --bins && python3 bench/blockdev_vs_perf.py "
-          f"--rounds {a.rounds} --seconds {a.seconds} --lun-mib {a.lun_mib} --write-md`"]
+          f"--rounds {a.rounds} --seconds {a.seconds} --lun-mib {a.lun_mib}"
+          + ("" if a.loop_worker == "client" else f" --loop-worker {a.loop_worker}")
+          + (f" --only '{a.only}'" if a.only else "") + " --write-md`"]
     return "\n".join(L)
 
 

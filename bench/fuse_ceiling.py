@@ -13,15 +13,17 @@ and how much of the gap is oxiscsid's? Same run, rounds interleaved:
     cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin
     python3 bench/fuse_ceiling.py [--rounds 9] [--seconds 3] [--modes read,copy,pool,splice] [--write-md]
 
-Client side (perf, oxiscsid, the ceiling servers, fio) pinned to CPU 0; our target and the
-sink pinned to CPU 1. The ceiling servers take WRITEs of up to 512 KiB (see the example);
-oxiscsid takes 1 MiB, and the loop device splits a 1M I/O at 640 KiB either way. The
+Client side (perf, oxiscsid, the ceiling servers, fio, and by default the loop devices'
+workers: `--loop-worker`, as in blockdev_vs_perf.py) pinned to CPU 0; our target and the
+sink pinned to CPU 1. The ceiling servers take WRITEs of up to 512 KiB (see the example),
+oxiscsid up to 256 KiB. The
 per-round ratio perf/x is the metric: this VM's speed changes between rounds (phases up
 to 2x), and the two sides of one round see the same phase."""
 import argparse, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, make_lun, remove_lun, stop, write_section  # noqa: E402
+from common import (ROOT, confine_unbound_workqueues, free_port, make_lun, remove_lun,  # noqa: E402
+                    restore_unbound_workqueues, stop, write_section)
 import blockdev_vs_perf as bd  # noqa: E402
 
 CEIL = os.path.join(ROOT, "target", "release", "examples", "fuse_ceiling")
@@ -42,6 +44,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--modes", default="read,copy,pool,splice,iscsi")
     ap.add_argument("--write-md", action="store_true")
+    ap.add_argument("--loop-worker", choices=("client", "any"), default="client",
+                    help="as in blockdev_vs_perf.py: confine the loop devices' worker to the client's CPU, or not")
     a = ap.parse_args()
     for b in (bd.OX, bd.OXD, bd.ADM, CEIL):
         if not os.path.exists(b):
@@ -57,7 +61,9 @@ def main():
     sink = subprocess.Popen(["taskset", "-c", bd.TGT_CPU, CEIL, "sink", f"127.0.0.1:{sink_port}"])
     daemon, servers, loops, mnts = None, [], [], []
     adm = lambda *x: subprocess.run([bd.ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
+    wq = None
     try:
+        wq = confine_unbound_workqueues(bd.CLI_CPU if a.loop_worker == "client" else None)
         time.sleep(0.5)
         daemon = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, bd.OXD, "-f", "--root", root],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,6 +115,7 @@ def main():
             p.wait()
         remove_lun(work, lun)
         subprocess.run(["rm", "-rf", root])
+        restore_unbound_workqueues(wq)
     md = render(res, a)
     print(md)
     if a.write_md:
@@ -121,7 +128,8 @@ def render(res, a):
         "## The FUSE ceiling: 1M sequential writes QD8 through loop + one-thread FUSE servers",
         "",
         f"Same run, {a.rounds} rounds x {a.seconds} s, interleaved (order reversed every other round); "
-        f"client side on CPU 0, our target and the TCP sink on CPU 1; {fio_v} io_uring --direct=1. "
+        f"client side on CPU 0, {bd.LOOP_WORKER[a.loop_worker]}; our target and the TCP sink on CPU 1; "
+        f"{fio_v} io_uring --direct=1. "
         "Ratio = `oxiscsi perf` MiB/s / this row's MiB/s in the same round (1.00 = no overhead), median "
         "and best of the rounds. `ceiling` rows: `fuse_ceiling` (crates/oxiscsi-admin/examples), which "
         "sends each WRITE's payload to a TCP sink and answers it (no iSCSI, no target), or with `iscsi` "
@@ -137,7 +145,8 @@ def render(res, a):
         r = sorted(p / x for p, x in zip(res["perf"], v) if x > 0)
         L.append(f"| fio via {k} | {statistics.median(v):.0f} | {statistics.median(r):.2f} | {r[0]:.2f} |")
     L += ["", "Commands: `cargo build --release --bins --example fuse_ceiling -p oxiscsi-admin && "
-          f"python3 bench/fuse_ceiling.py --rounds {a.rounds} --seconds {a.seconds} --modes {a.modes} --write-md`"]
+          f"python3 bench/fuse_ceiling.py --rounds {a.rounds} --seconds {a.seconds} --modes {a.modes}"
+          + ("" if a.loop_worker == "client" else " --loop-worker any") + " --write-md`"]
     return "\n".join(L)
 
 
