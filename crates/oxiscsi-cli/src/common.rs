@@ -193,9 +193,9 @@ pub async fn open_poller(
     url_s: &str,
     opts: &CommonOpts,
     tweak: impl FnOnce(&mut SessionConfig),
-) -> CliResult<Poller> {
-    let (cfg, _, _) = lun_config(url_s, opts, tweak)?;
-    Ok(Poller::connect(cfg).await?)
+) -> CliResult<(Poller, u16, IscsiUrl)> {
+    let (cfg, lun, url) = lun_config(url_s, opts, tweak)?;
+    Ok((Poller::connect(cfg).await?, lun, url))
 }
 
 /// The session configuration for a URL that must name a target and a LUN.

@@ -6,12 +6,12 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use oxiscsi_initiator::{Completion, Poller, Queue, Rejected, Session};
+use oxiscsi_initiator::{ops, Completion, Poller, Queue, Rejected, Session, SessionConfig};
 use oxiscsi_proto::pdu::{Lun, ScsiStatus};
 use oxiscsi_proto::session::{Command, ScsiResult};
 use oxiscsi_scsi::cdb::Cdb;
@@ -112,11 +112,24 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
     // Room for every slot: the completion queue refuses a command when the session's
     // queue depth (default 128) is used up, where iscsi-perf -m has no such cap.
     let qd = args.max_in_flight;
-    let (session, lun, url) = open_with(&args.url, opts, |cfg| {
-        cfg.connection.queue_depth = cfg.connection.queue_depth.max(qd)
-    })
-    .await?;
-    let cap = session.read_capacity(lun).await?;
+    let deepen =
+        |cfg: &mut SessionConfig| cfg.connection.queue_depth = cfg.connection.queue_depth.max(qd);
+    // One login: the poller's session for `--api poller`, else a `Session`.
+    let (conn, lun, url) = if args.api == Api::Poller {
+        let (p, lun, url) = open_poller(&args.url, opts, deepen).await?;
+        (
+            Conn::Poller(Box::new(OnThisThread(Mutex::new(p)))),
+            lun,
+            url,
+        )
+    } else {
+        let (s, lun, url) = open_with(&args.url, opts, deepen).await?;
+        (Conn::Session(s), lun, url)
+    };
+    let cap = match &conn {
+        Conn::Session(s) => s.read_capacity(lun).await?,
+        Conn::Poller(p) => ops::read_capacity(&**p, lun).await?,
+    };
     let num_blocks = cap.blocks();
     let bs = cap.block_size;
     if num_blocks < u64::from(args.blocks) {
@@ -172,21 +185,17 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         own: args.own_buffers,
         payload,
     };
-    let poller = if args.api == Api::Poller {
-        let mut p = open_poller(&args.url, opts, |cfg| {
-            cfg.connection.queue_depth = cfg.connection.queue_depth.max(qd)
-        })
-        .await?;
-        let _ = session.logout().await;
-        test_unit_ready(&mut p, lun)?;
-        Some(p)
-    } else {
-        None
+    let (session, poller) = match conn {
+        Conn::Session(s) => (Some(s), None),
+        Conn::Poller(p) => (
+            None,
+            Some(p.0.into_inner().unwrap_or_else(|e| e.into_inner())),
+        ),
     };
     let start = Instant::now();
     let cpu0 = cpu_times();
     let mut handles = Vec::new();
-    if args.api == Api::Tasks {
+    if let (Api::Tasks, Some(session)) = (args.api, &session) {
         let pos = Arc::new(AtomicU64::new(0));
         for w in 0..args.max_in_flight {
             let (s, stop, pos, done_ios, load) = (
@@ -206,7 +215,7 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
         handles.push(tokio::task::spawn_blocking(move || {
             poller_worker(p, load, qd, stop, show.then_some(done_ios))
         }));
-    } else {
+    } else if let Some(session) = &session {
         let (s, stop, done_ios) = (session.clone(), stop.clone(), done_ios.clone());
         let qd = args.max_in_flight;
         handles.push(tokio::spawn(async move {
@@ -257,7 +266,9 @@ pub async fn run(opts: &CommonOpts, args: Args) -> CliResult {
     let secs = start.elapsed().as_secs_f64().max(1e-6);
     let cpu1 = cpu_times();
     let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
-    let _ = session.logout().await;
+    if let Some(session) = session {
+        let _ = session.logout().await;
+    }
     let us = |q: f64| total.hist.value_at_quantile(q) as f64 / 1000.0;
     let report = Report {
         iops: total.ios as f64 / secs,
@@ -490,25 +501,31 @@ fn poller_worker(
     wk
 }
 
-/// TEST UNIT READY until GOOD, past the UNIT ATTENTION a target reports once to each
-/// new session (the poller runs commands as they are, without the retries
-/// [`Session`]'s helpers make).
-fn test_unit_ready(p: &mut Poller, lun: u16) -> CliResult {
-    let mut last = String::new();
-    for _ in 0..4 {
-        let cmd = Command::new(Lun::from_number(lun), cdb_buf(Cdb::TestUnitReady));
-        let r = p.execute(cmd)?;
-        if r.status == ScsiStatus::GOOD {
-            return Ok(());
-        }
-        last = match oxiscsi_scsi::Sense::parse(&r.sense) {
-            Ok(s) => format!("{} {s}", r.status),
-            Err(_) => r.status.to_string(),
+/// The run's one session, before the I/O starts.
+enum Conn {
+    Session(Session),
+    Poller(Box<OnThisThread>),
+}
+
+/// A poller used as an [`ops::Execute`] for the commands before the run (READ CAPACITY):
+/// each command runs to its end on the calling thread, blocking it, which at start-up
+/// nothing else is waiting for.
+struct OnThisThread(Mutex<Poller>);
+
+impl ops::Execute for OnThisThread {
+    fn execute_command(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<ScsiResult, oxiscsi_initiator::Error>> + Send
+    {
+        let r = match self.0.lock() {
+            Ok(mut p) => p.execute(cmd),
+            Err(_) => Err(oxiscsi_initiator::Error::Closed(
+                "the poller was poisoned".into(),
+            )),
         };
+        std::future::ready(r)
     }
-    Err(CliError::Io(format!(
-        "LUN {lun} is not ready for the poller's session: {last}"
-    )))
 }
 
 /// Where [`Slots`] submits: a completion queue or a poller.
