@@ -57,10 +57,6 @@ const BATCH: usize = 16;
 const ATTR_SECS: u64 = 1;
 const STOPPED: &str = "the session's worker thread has stopped";
 
-fn stopped() -> InitError {
-    InitError::Closed(STOPPED.into())
-}
-
 /// One LUN file, as the daemon and the worker both see it.
 #[derive(Debug)]
 pub struct LunFile {
@@ -126,6 +122,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// The error for a request the thread will not answer: why the session ended
+    /// ("logged out", or what failed), when the thread said so.
+    fn gone(&self) -> InitError {
+        InitError::Closed(
+            self.closed
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| STOPPED.into()),
+        )
+    }
+
     /// False when the thread has stopped.
     fn send(&self, c: Ctl) -> bool {
         let sent = self.tx.send(c).is_ok();
@@ -170,11 +177,12 @@ impl ops::Execute for Worker {
     ) -> impl std::future::Future<Output = Result<ScsiResult, InitError>> + Send {
         let (tx, rx) = oneshot::channel();
         let sent = self.inner.send(Ctl::Exec { cmd, tx });
+        let inner = self.inner.clone();
         async move {
             if !sent {
-                return Err(stopped());
+                return Err(inner.gone());
             }
-            rx.await.map_err(|_| stopped())?
+            rx.await.map_err(|_| inner.gone())?
         }
     }
 }
@@ -255,18 +263,18 @@ impl Worker {
     pub async fn stats(&self) -> Result<ConnStats, InitError> {
         let (tx, rx) = oneshot::channel();
         if !self.inner.send(Ctl::Stats { tx }) {
-            return Err(stopped());
+            return Err(self.inner.gone());
         }
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| self.inner.gone())?
     }
 
     /// Log out once the commands in flight have ended; the thread ends with it.
     pub async fn logout(&self) -> Result<(), InitError> {
         let (tx, rx) = oneshot::channel();
         if !self.inner.send(Ctl::Logout { tx }) {
-            return Err(stopped());
+            return Err(self.inner.gone());
         }
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| self.inner.gone())?
     }
 
     /// Serve `file` on the FUSE connection `fd` (mounted, INIT not answered yet) as `id`.
