@@ -16,9 +16,8 @@ and how much of the gap is oxiscsid's? Same run, rounds interleaved:
 Client side (perf, oxiscsid, the ceiling servers, fio, and by default the loop devices'
 workers: `--loop-worker`, as in blockdev_vs_perf.py) pinned to CPU 0; our target and the
 sink pinned to CPU 1. The ceiling servers take WRITEs of up to 512 KiB (see the example),
-oxiscsid up to 256 KiB. The
-per-round ratio perf/x is the metric: this VM's speed changes between rounds (phases up
-to 2x), and the two sides of one round see the same phase."""
+oxiscsid up to 256 KiB. The per-round ratio perf/x is the metric: this VM's speed changes
+between rounds (phases up to 2x), and the two sides of one round see the same phase."""
 import argparse, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
