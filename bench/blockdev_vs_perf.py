@@ -13,11 +13,11 @@ the FUSE + loop path. fio runs with --direct=1 (loop in direct-I/O mode too), en
 psync (QD1 rows) and io_uring. Client CPU per IO counts the client processes only
 (oxiscsid + fio, or oxiscsi perf). The loop device's worker, a kernel kworker, is kept on
 the client's CPU too (`--loop-worker`, see common.confine_unbound_workqueues)."""
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, confine_unbound_workqueues, free_port, make_lun, med, remove_lun,  # noqa: E402
-                    restore_unbound_workqueues, stop, write_section)
+from common import (ROOT, confine_unbound_workqueues, free_port, listening, make_lun, med,  # noqa: E402
+                    remove_lun, restore_unbound_workqueues, stop, wait_for, write_section)
 
 REL = os.path.join(ROOT, "target", "release")
 OX, OXD, ADM = (os.path.join(REL, b) for b in ("oxiscsi", "oxiscsid", "oxiscsiadm"))
@@ -72,6 +72,43 @@ def fio(dev, engine, bs, qd, rnd, wr, secs, daemon_pid):
     return float(job["iops"]), cpu_s
 
 
+def start_target(port, lun):
+    """Our target on TGT_CPU serving `lun` as LUN 1 of IQN on 127.0.0.1:`port`."""
+    return subprocess.Popen(["taskset", "-c", TGT_CPU, OX, "target", "--listen", f"127.0.0.1:{port}", "--iqn", IQN,
+                             "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_daemon_logged_in(root, port):
+    """oxiscsid on CLI_CPU under `root`, logged in to the target on `port`: (daemon, its
+    loop device for LUN 1, a function running oxiscsiadm against it)."""
+    adm = lambda *x: subprocess.run([ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
+    wait_for(lambda: listening(port), f"the target on port {port}")
+    daemon = subprocess.Popen(["taskset", "-c", CLI_CPU, OXD, "-f", "--root", root],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(root, "run", "oxiscsid.sock")), "oxiscsid's socket")
+        adm("-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{port}")
+        adm("-m", "node", "-T", IQN, "-l")
+        dev = os.readlink(os.path.join(root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{IQN}-lun-1"))
+    except BaseException:
+        # The caller has no handle on it yet: stop it here (it logs out on SIGTERM).
+        stop(daemon)
+        raise
+    return daemon, dev, adm
+
+
+def stop_all(daemon, tgt, work, lun, root, wq):
+    """Stop the daemon (it logs out and detaches its devices) and the target, remove the LUN
+    and the daemon's root, give the unbound workqueues their mask back."""
+    if daemon:
+        stop(daemon)
+    tgt.kill()
+    tgt.wait()
+    remove_lun(work, lun)
+    subprocess.run(["rm", "-rf", root])
+    restore_unbound_workqueues(wq)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -90,25 +127,13 @@ def main():
     work, lun = make_lun(a.lun_mib)
     port = free_port()
     root = tempfile.mkdtemp(prefix="oxbench-")
-    tgt = subprocess.Popen(["taskset", "-c", TGT_CPU, OX, "target", "--listen", f"127.0.0.1:{port}", "--iqn", IQN,
-                            "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tgt = start_target(port, lun)
     daemon = None
     rows = []
     wq = None
     try:
         wq = confine_unbound_workqueues(None if a.loop_worker == "any" else CLI_CPU)
-        time.sleep(0.5)
-        daemon = subprocess.Popen(["taskset", "-c", CLI_CPU, OXD, "-f", "--root", root],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sock = os.path.join(root, "run", "oxiscsid.sock")
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
-        adm = lambda *x: subprocess.run([ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
-        adm("-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{port}")
-        adm("-m", "node", "-T", IQN, "-l")
-        dev = os.readlink(os.path.join(root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{IQN}-lun-1"))
+        daemon, dev, adm = start_daemon_logged_in(root, port)
         url = f"iscsi://127.0.0.1:{port}/{IQN}/1"
         for name, bs, qd, rnd, wr in ROWS:
             if a.only not in name:
@@ -143,13 +168,7 @@ def main():
                                            for k in kinds), flush=True)
         adm("-m", "node", "-T", IQN, "-u")
     finally:
-        if daemon:
-            stop(daemon)
-        tgt.kill()
-        tgt.wait()
-        remove_lun(work, lun)
-        subprocess.run(["rm", "-rf", root])
-        restore_unbound_workqueues(wq)
+        stop_all(daemon, tgt, work, lun, root, wq)
     md = render(rows, a)
     print(md)
     if a.write_md:

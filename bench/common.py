@@ -19,6 +19,15 @@ def free_port():
     return p
 
 
+def listening(port):
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def sh(*args):
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -31,6 +40,15 @@ def stop(p, timeout=30):
     except subprocess.TimeoutExpired:
         p.kill()
         p.wait()
+
+
+def wait_for(cond, what, secs=10):
+    """Poll `cond` every 50 ms; exit with a message naming `what` if it is not true in time."""
+    for _ in range(int(secs / 0.05)):
+        if cond():
+            return
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {what}")
 
 
 WQ_CPUMASK = "/sys/devices/virtual/workqueue/cpumask"

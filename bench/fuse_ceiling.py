@@ -18,23 +18,15 @@ workers: `--loop-worker`, as in blockdev_vs_perf.py) pinned to CPU 0; our target
 sink pinned to CPU 1. The ceiling servers take WRITEs of up to 512 KiB (see the example),
 oxiscsid up to 256 KiB. The per-round ratio perf/x is the metric: this VM's speed changes
 between rounds (phases up to 2x), and the two sides of one round see the same phase."""
-import argparse, os, statistics, subprocess, sys, tempfile, time
+import argparse, os, statistics, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ROOT, confine_unbound_workqueues, free_port, make_lun, remove_lun,  # noqa: E402
-                    restore_unbound_workqueues, stop, write_section)
+from common import (ROOT, confine_unbound_workqueues, free_port, listening, make_lun, wait_for,  # noqa: E402
+                    write_section)
 import blockdev_vs_perf as bd  # noqa: E402
 
 CEIL = os.path.join(ROOT, "target", "release", "examples", "fuse_ceiling")
 BS, QD = 1 << 20, 8
-
-
-def wait_for(cond, what, secs=10):
-    for _ in range(int(secs / 0.05)):
-        if cond():
-            return
-        time.sleep(0.05)
-    sys.exit(f"timed out waiting for {what}")
 
 
 def main():
@@ -54,23 +46,15 @@ def main():
     work, lun = make_lun(1024)
     port, sink_port = free_port(), free_port()
     root = tempfile.mkdtemp(prefix="oxceil-")
-    tgt = subprocess.Popen(["taskset", "-c", bd.TGT_CPU, bd.OX, "target", "--listen", f"127.0.0.1:{port}",
-                            "--iqn", bd.IQN, "--lun", f"1:{lun}"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    tgt = bd.start_target(port, lun)
     sink = subprocess.Popen(["taskset", "-c", bd.TGT_CPU, CEIL, "sink", f"127.0.0.1:{sink_port}"])
     daemon, servers, loops, mnts = None, [], [], []
-    adm = lambda *x: subprocess.run([bd.ADM, "--root", root, *x], check=True, stdout=subprocess.DEVNULL)
     wq = None
     try:
         wq = confine_unbound_workqueues(bd.CLI_CPU if a.loop_worker == "client" else None)
-        time.sleep(0.5)
-        daemon = subprocess.Popen(["taskset", "-c", bd.CLI_CPU, bd.OXD, "-f", "--root", root],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: os.path.exists(os.path.join(root, "run", "oxiscsid.sock")), "oxiscsid")
-        adm("-m", "discovery", "-t", "st", "-p", f"127.0.0.1:{port}")
-        adm("-m", "node", "-T", bd.IQN, "-l")
-        devs = {"oxiscsid": (os.readlink(os.path.join(
-            root, "run", "by-path", f"ip-127.0.0.1:{port}-iscsi-{bd.IQN}-lun-1")), daemon.pid)}
+        daemon, dev, adm = bd.start_daemon_logged_in(root, port)
+        wait_for(lambda: listening(sink_port), f"the sink on port {sink_port}")
+        devs = {"oxiscsid": (dev, daemon.pid)}
         for m in modes:
             mnt = tempfile.mkdtemp(prefix=f"ceil-{m}-")
             mnts.append(mnt)
@@ -107,14 +91,9 @@ def main():
                 s.wait()
         for mnt in mnts:
             os.rmdir(mnt)
-        if daemon:
-            stop(daemon)
-        for p in (tgt, sink):
-            p.kill()
-            p.wait()
-        remove_lun(work, lun)
-        subprocess.run(["rm", "-rf", root])
-        restore_unbound_workqueues(wq)
+        sink.kill()
+        sink.wait()
+        bd.stop_all(daemon, tgt, work, lun, root, wq)
     md = render(res, a)
     print(md)
     if a.write_md:
